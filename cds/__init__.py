@@ -1,0 +1,1 @@
+"""cramp-cds: CDS Hooks decision support for muscle cramps after calcium supplements."""
