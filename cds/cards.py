@@ -1,0 +1,201 @@
+"""Cards: the engine's causes -> CDS Hooks 2.0 cards with evidence, explanation and ServiceRequest suggestions.
+
+One card per topic that fired, in the pack's topic order. Wording comes from the rule pack; this
+module only fills in the evidence. https://cds-hooks.hl7.org/2.0/#card-attributes
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from cds.engine import Outcome
+from cds.facts import FactSet
+from cds.record import PatientRecord
+from cds.rulepack import INDICATOR_RANK, RulePack, Topic
+
+SUMMARY_LIMIT = 139
+EXPLANATION_KEY = "cramp-cds-explanation"
+
+
+@dataclass(frozen=True)
+class Trace:
+    """What one rule firing rests on: the labels of its base facts and their FHIR resources."""
+
+    labels: tuple[str, ...]
+    refs: tuple[str, ...]
+
+
+class Explainer:
+    """Walks firings back from a derived fact to the patient facts and resources beneath it."""
+
+    def __init__(self, outcome: Outcome, facts: FactSet) -> None:
+        self._facts = facts.by_id
+        self._evidence = facts.evidence
+        self._producers: dict[str, list[tuple[str, ...]]] = {}
+        for firing in outcome.firings:
+            self._producers.setdefault(firing.output, []).append(firing.inputs)
+
+    def trace(self, fact_ids: Iterable[str]) -> Trace:
+        labels: list[str] = []
+        refs: list[str] = []
+        seen: set[str] = set()
+        stack = list(fact_ids)[::-1]
+        while stack:
+            fact_id = stack.pop()
+            if fact_id in seen:
+                continue
+            seen.add(fact_id)
+            if fact_id in self._facts:
+                labels.append(str(self._facts[fact_id]["label"]))
+                refs.extend(r for r in self._evidence.get(fact_id, ()) if r not in refs)
+            else:
+                for inputs in self._producers.get(fact_id, []):
+                    stack.extend(reversed(inputs))
+        return Trace(labels=tuple(labels), refs=tuple(refs))
+
+
+def render_cards(
+    outcome: Outcome,
+    facts: FactSet,
+    record: PatientRecord,
+    pack: RulePack,
+    *,
+    new_id: Callable[[], str],
+    topics: Collection[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Build the cards; `topics` limits which topics may produce one (order-sign shows causes only)."""
+    explainer = Explainer(outcome, facts)
+    fired: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
+    for firing in outcome.firings:
+        name = pack.topic_of_rule.get(firing.rule)
+        if name is not None and (topics is None or name in topics):
+            fired.setdefault(name, []).append((firing.rule, firing.inputs))
+
+    recent = {name for name, lab in record.labs.items() if lab.band != "none"}
+    ordered = sorted((pack.topics[name] for name in fired), key=lambda t: (t.spec.only_unsuggested, t.order))
+    suggested_elsewhere: set[str] = set()
+    cards: list[tuple[int, dict[str, Any]]] = []
+    for topic in ordered:
+        card = _render_card(
+            topic, fired[topic.name], explainer, record, pack, recent, suggested_elsewhere, new_id
+        )
+        if card is not None:
+            cards.append((topic.order, card))
+    return [card for _, card in sorted(cards, key=lambda pair: pair[0])]
+
+
+def _render_card(
+    topic: Topic,
+    firings: list[tuple[str, tuple[str, ...]]],
+    explainer: Explainer,
+    record: PatientRecord,
+    pack: RulePack,
+    recent: set[str],
+    suggested_elsewhere: set[str],
+    new_id: Callable[[], str],
+) -> dict[str, Any] | None:
+    spec = topic.spec
+    skip = len(spec.requires)
+    rule_order = {rule.id: index for index, rule in enumerate(spec.rules)}
+    by_rule: dict[str, list[tuple[str, ...]]] = {}
+    for rule_id, inputs in firings:
+        by_rule.setdefault(rule_id, []).append(inputs)
+    rule_ids = sorted(by_rule, key=rule_order.__getitem__)
+    rules = [pack.rules_by_id[r] for r in rule_ids]
+
+    orders: list[str] = []
+    for order in (*spec.suggest, *(o for rule in rules for o in rule.suggest)):
+        covers = pack.orders[order].covers
+        if order in orders or (covers is not None and covers in recent):
+            continue  # never ask again for a test that has a recent result
+        if spec.only_unsuggested and order in suggested_elsewhere:
+            continue
+        orders.append(order)
+    if spec.only_unsuggested and not orders:
+        return None
+    suggested_elsewhere.update(orders)
+
+    indicator = max((r.indicator or "info" for r in rules), key=INDICATOR_RANK.__getitem__)
+    lead = next(r for r in rules if r.indicator == indicator)
+    own_inputs = [inputs[skip:] for inputs in by_rule[lead.id]]
+    lead_trace = explainer.trace(i for inputs in own_inputs for i in inputs)
+    summary = _summary(
+        lead.summary or spec.display, lead_trace.labels, [pack.orders[o].label for o in orders]
+    )
+
+    explanation = []
+    reasons = []
+    all_refs: list[str] = []
+    for rule in rules:
+        trace = explainer.trace(i for inputs in by_rule[rule.id] for i in inputs[skip:])
+        context = explainer.trace(i for inputs in by_rule[rule.id] for i in inputs[:skip])
+        refs = tuple(dict.fromkeys((*trace.refs, *context.refs)))
+        all_refs.extend(r for r in refs if r not in all_refs)
+        explanation.append(
+            {"rule": rule.id, "facts": list(trace.labels + context.labels), "evidence": list(refs)}
+        )
+        reasons.append(f"- `{rule.id}`: " + ("; ".join(trace.labels) if trace.labels else "cramps reported"))
+
+    detail = (
+        spec.detail.rstrip()
+        + "\n\n**Why this card**\n\n"
+        + "\n".join(reasons)
+        + f"\n\n_Rule pack {pack.manifest.id} {pack.version}._"
+    )
+    card: dict[str, Any] = {
+        "uuid": new_id(),
+        "summary": summary,
+        "detail": detail,
+        "indicator": indicator,
+        "source": {
+            "label": f"{pack.manifest.title} ({pack.manifest.id} {pack.version})",
+            "topic": {"system": pack.manifest.topic_system, "code": spec.topic, "display": spec.display},
+        },
+    }
+    if orders and record.patient_key:
+        card["suggestions"] = [_suggestion(pack, order, record.patient_key, new_id) for order in orders]
+        card["selectionBehavior"] = "any"
+    if spec.override_reasons:
+        card["overrideReasons"] = [
+            {"code": r.code, "system": pack.manifest.override_reason_system, "display": r.display}
+            for r in spec.override_reasons
+        ]
+    card["extension"] = {
+        EXPLANATION_KEY: {"packVersion": pack.version, "rules": explanation, "evidence": all_refs}
+    }
+    return card
+
+
+def _summary(template: str, labels: tuple[str, ...], orders: list[str]) -> str:
+    """Fill `{evidence}` and `{orders}`, trimming the lists so the summary stays under 140 characters."""
+    order_names = [o.removeprefix("Order ").removeprefix("Refer for ") for o in orders]
+    for keep in range(max(len(labels), len(order_names)), 0, -1):
+        evidence = "; ".join(labels[:keep]) + ("; …" if len(labels) > keep else "")
+        listed = ", ".join(order_names[:keep]) + (", …" if len(order_names) > keep else "")
+        text = template.replace("{evidence}", evidence).replace("{orders}", listed)
+        if len(text) <= SUMMARY_LIMIT:
+            return text
+    text = template.replace("{evidence}", "…").replace("{orders}", "…")
+    return text if len(text) <= SUMMARY_LIMIT else text[: SUMMARY_LIMIT - 1] + "…"
+
+
+def _suggestion(pack: RulePack, order_id: str, patient_key: str, new_id: Callable[[], str]) -> dict[str, Any]:
+    order = pack.orders[order_id]
+    code = order.code
+    service_request = {
+        "resourceType": "ServiceRequest",
+        "status": "draft",
+        "intent": "proposal",
+        "subject": {"reference": patient_key},
+        "code": {
+            "coding": [{"system": code.system, "code": code.code, "display": code.display}],
+            "text": order.label,
+        },
+    }
+    return {
+        "label": order.label,
+        "uuid": new_id(),
+        "actions": [{"type": "create", "description": order.label, "resource": service_request}],
+    }

@@ -1,0 +1,193 @@
+"""The only module that imports durable_rules: facts in, derived facts and rule firings out.
+
+The rest of the package calls `RuleEngine.evaluate(facts)` and never sees the engine. durable-rules
+2.0.28 (C core, 2020) has hazards that were measured on this machine; each is guarded here and each
+guard has a test in tests/test_engine.py:
+
+- a plain `Host()` starts two timer threads that read freed memory -> `_QuietHost` never starts them;
+- `delete_state` segfaults on a session in which no action ran -> every session gets a sentinel fact
+  that fires a no-op rule;
+- sessions are keyed by a 32-bit FNV-1a hash of the session id, so two ids can collide and share
+  facts -> each new id is checked against the live ones;
+- `assert_facts` raises if any fact of a batch matches no rule, before the matched actions run ->
+  facts are asserted one at a time and "no rule reads this" is recorded, not raised;
+- exceptions inside actions are swallowed into the session state -> actions are wrapped and the
+  first error is raised from `evaluate` as an EngineError;
+- `none(...)` fires when the fact arrives later in the same batch -> the rule language has no
+  negation (see cds/rulepack.py); absence is an explicit fact;
+- registration mutates the dict it is given (it deletes `run`) -> a deep copy is registered;
+- at most 1,024 live sessions per ruleset -> one evaluation at a time per engine, state deleted in
+  a `finally`;
+- loose type coercion (`'abc' >= 0.3` matches) -> every fact is type-checked before it is asserted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import itertools
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from durable import engine as durable_engine
+
+from cds.errors import EngineError
+from cds.facttypes import Fact, Scalar, check_fact
+from cds.rulepack import CompiledRule
+
+SENTINEL_RULE = "engine.sentinel"
+MAX_LIVE_SESSIONS = 1024
+
+
+class _QuietHost(durable_engine.Host):  # type: ignore[misc]
+    """A Host without the background dispatch threads (they read freed memory); we dispatch inline."""
+
+    def _run(self) -> None:
+        return None
+
+
+def session_hash(sid: str) -> int:
+    """The engine's own key for a session id: 32-bit FNV-1a over its bytes (rules/state.c)."""
+    value = 0x811C9DC5
+    for byte in sid.encode("utf-8"):
+        value ^= byte
+        value = (value * 16777619) & 0xFFFFFFFF
+    return value
+
+
+@dataclass(frozen=True)
+class Firing:
+    """One rule firing: which rule, on which fact ids, and the id of the fact it produced or confirmed."""
+
+    rule: str
+    inputs: tuple[str, ...]
+    output: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    derived: tuple[Fact, ...]
+    firings: tuple[Firing, ...]
+    # Input fact ids that no rule reads (kept so that nothing is dropped unannounced).
+    unread: tuple[str, ...]
+
+
+@dataclass
+class _Run:
+    sid: str
+    derived: dict[tuple[str, str], Fact] = field(default_factory=dict)
+    firings: list[Firing] = field(default_factory=list)
+    errors: list[BaseException] = field(default_factory=list)
+    counter: itertools.count[int] = field(default_factory=itertools.count)
+
+
+class RuleEngine:
+    """Compiled rules registered once; `evaluate` runs one isolated session per call."""
+
+    def __init__(self, rules: Sequence[CompiledRule], *, name: str = "cramp") -> None:
+        self._name = name
+        self._lock = threading.Lock()
+        self._live: dict[int, str] = {}
+        self._sids = itertools.count(1)
+        self._run: _Run | None = None
+        definition: dict[str, Any] = {
+            SENTINEL_RULE: {"all": [{"m0": {"type": "sentinel"}}], "run": self._sentinel_action},
+        }
+        for rule in rules:
+            definition[rule.id] = {
+                "all": [{f"m{i}": pattern} for i, pattern in enumerate(rule.patterns)],
+                "run": self._make_action(rule),
+            }
+        self.definition = definition
+        self._host = _QuietHost()
+        # Registration deletes each rule's `run`: give it a copy and keep ours intact.
+        self._host.set_rulesets({name: _copy_definition(definition)})
+
+    @property
+    def live_sessions(self) -> int:
+        return len(self._live)
+
+    def evaluate(self, facts: Sequence[Fact]) -> Outcome:
+        """Assert `facts` in a fresh session, let the rules chain, and return what they derived."""
+        for fact in facts:
+            try:
+                check_fact(fact)
+            except TypeError as exc:
+                raise EngineError(f"fact {fact.get('id')!r} refused: {exc}") from None
+        with self._lock:
+            sid = self._new_session_id()
+            run = _Run(sid=sid)
+            self._run = run
+            self._live[session_hash(sid)] = sid
+            unread: list[str] = []
+            try:
+                self._assert({"type": "sentinel", "id": "sentinel", "label": "sentinel"}, sid)
+                for fact in facts:
+                    if not self._assert(fact, sid):
+                        unread.append(str(fact["id"]))
+            finally:
+                try:
+                    self._host.delete_state(self._name, sid)
+                finally:
+                    del self._live[session_hash(sid)]
+                    self._run = None
+            if run.errors:
+                raise EngineError(f"a rule action failed: {run.errors[0]!r}") from run.errors[0]
+            return Outcome(
+                derived=tuple(run.derived.values()), firings=tuple(run.firings), unread=tuple(unread)
+            )
+
+    def _new_session_id(self) -> str:
+        if len(self._live) >= MAX_LIVE_SESSIONS:
+            raise EngineError("too many live engine sessions")
+        while True:
+            sid = f"s{next(self._sids)}"
+            if session_hash(sid) not in self._live:
+                return sid
+
+    def _assert(self, fact: Fact, sid: str) -> bool:
+        """Assert one fact; False when no rule reads it (the engine raises for that)."""
+        try:
+            self._host.assert_fact(self._name, {**fact, "sid": sid})
+        except durable_engine.MessageNotHandledException:
+            return False
+        return True
+
+    def _sentinel_action(self, c: Any) -> None:
+        return None
+
+    def _make_action(self, rule: CompiledRule) -> Callable[[Any], None]:
+        names = [f"m{i}" for i in range(len(rule.patterns))]
+        produces = rule.produces
+        key = (str(produces["type"]), str(produces.get("name") or produces.get("rule")))
+        terminal = produces["type"] == "cause"
+
+        def action(c: Any) -> None:
+            run = self._run
+            if run is None:
+                return
+            try:
+                inputs = tuple(str(getattr(c, name)["id"]) for name in names)
+                existing = run.derived.get(key)
+                if existing is not None:
+                    run.firings.append(Firing(rule=rule.id, inputs=inputs, output=str(existing["id"])))
+                    return
+                fact: dict[str, Scalar] = {**produces, "id": f"d{next(run.counter)}", "label": key[1]}
+                run.derived[key] = fact
+                run.firings.append(Firing(rule=rule.id, inputs=inputs, output=str(fact["id"])))
+                if not terminal:
+                    with contextlib.suppress(durable_engine.MessageNotHandledException):
+                        c.assert_fact({**fact, "sid": run.sid})
+            except BaseException as exc:  # the engine would swallow it; surface it instead
+                run.errors.append(exc)
+
+        return action
+
+
+def _copy_definition(definition: dict[str, Any]) -> dict[str, Any]:
+    """Deep-copy patterns but keep the action callables themselves."""
+    return {
+        name: {"all": copy.deepcopy(body["all"]), "run": body["run"]} for name, body in definition.items()
+    }

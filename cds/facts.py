@@ -1,0 +1,94 @@
+"""Facts: a patient record -> flat, type-checked facts for the engine, each tied to its FHIR evidence."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cds.facttypes import Fact
+from cds.record import PatientRecord
+from cds.rulepack import RulePack
+
+
+@dataclass
+class FactSet:
+    """The facts of one evaluation and, per fact id, the resources that are its evidence."""
+
+    facts: list[Fact] = field(default_factory=list)
+    evidence: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def add(self, fact: Fact, refs: tuple[str, ...] = ()) -> None:
+        fact_id = f"f{len(self.facts) + 1}"
+        fact["id"] = fact_id
+        self.facts.append(fact)
+        self.evidence[fact_id] = refs
+
+    @property
+    def by_id(self) -> dict[str, Fact]:
+        return {str(f["id"]): f for f in self.facts}
+
+
+def build_facts(record: PatientRecord, pack: RulePack) -> FactSet:
+    """One patient fact, one lab fact per analyte (band "none" when there is no recent result), one fact
+    per matched condition, medication and answer."""
+    out = FactSet()
+    patient: Fact = {
+        "type": "patient",
+        "label": f"age {record.age}" if record.age is not None else "age unknown",
+    }
+    if record.age is not None:
+        patient["age"] = record.age
+    out.add(patient, (record.patient_key,) if record.patient_key else ())
+
+    for name, analyte in pack.analytes.items():
+        result = record.labs.get(name)
+        if result is None:
+            out.add(
+                {
+                    "type": "lab",
+                    "analyte": name,
+                    "band": "none",
+                    "label": f"no {analyte.display} result in {analyte.recent_months} months",
+                }
+            )
+            continue
+        fact: Fact = {"type": "lab", "analyte": name, "band": result.band, "label": result.display}
+        if result.grade is not None:
+            fact["grade"] = result.grade
+        if result.value is not None:
+            fact["value"] = float(result.value)
+        if result.unit is not None:
+            fact["unit"] = result.unit
+        out.add(fact, (result.ref,))
+
+    for hit in record.conditions:
+        condition: Fact = {"type": "condition", "group": hit.group, "label": hit.display}
+        if hit.onset_months is not None:
+            condition["onset_months"] = hit.onset_months
+        out.add(condition, (hit.ref,))
+
+    for hit in record.medications:
+        out.add({"type": "medication", "group": hit.group, "label": f"{hit.display} (active)"}, (hit.ref,))
+
+    for answer in record.answers.values():
+        question = answer.link_id.replace("-", " ")
+        if isinstance(answer.value, bool):
+            out.add(
+                {
+                    "type": "answer",
+                    "item": answer.link_id,
+                    "says": answer.value,
+                    "label": f"{question}: {'yes' if answer.value else 'no'}",
+                },
+                (answer.ref,),
+            )
+        else:
+            out.add(
+                {
+                    "type": "answer",
+                    "item": answer.link_id,
+                    "number": answer.value,
+                    "label": f"{question}: {answer.value}",
+                },
+                (answer.ref,),
+            )
+    return out

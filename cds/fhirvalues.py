@@ -1,0 +1,110 @@
+"""FHIR value handling in one place: partial dates, instants, references and unit spellings.
+
+Worked examples:
+
+    >>> parse_fhir_datetime("2024").isoformat()
+    '2024-01-01T00:00:00+00:00'
+    >>> parse_fhir_datetime("2024-05-03T10:00:00+02:00").isoformat()
+    '2024-05-03T08:00:00+00:00'
+    >>> reference_key("https://ehr.example.org/fhir/Patient/123/_history/2")
+    'Patient/123'
+    >>> unit_key(" µg/L ")
+    'ug/l'
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, date, datetime, time, timedelta
+
+_PARTIAL_DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$")
+_REFERENCE = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
+
+
+def as_utc(value: datetime) -> datetime:
+    """Aware datetimes are converted to UTC; naive ones are taken as UTC (CAUTION: FHIR requires a zone)."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def parse_fhir_datetime(value: object) -> datetime | None:
+    """A FHIR date, dateTime or instant (string, date or datetime) as an aware UTC datetime.
+
+    CAUTION: a partial date ("2024", "2024-05") is read as the start of its period.
+    """
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return as_utc(value)
+    if isinstance(value, date):
+        return datetime.combine(value, time.min, tzinfo=UTC)
+    text = str(value).strip()
+    match = _PARTIAL_DATE.match(text)
+    if match:
+        year, month, day = match.groups()
+        try:
+            return datetime(int(year), int(month or 1), int(day or 1), tzinfo=UTC)
+        except ValueError:
+            return None
+    try:
+        return as_utc(datetime.fromisoformat(text.replace("Z", "+00:00")))
+    except ValueError:
+        return None
+
+
+def subtract_months(moment: datetime, months: int) -> datetime:
+    """The same clock time `months` calendar months earlier, clamped to the month's last day."""
+    total = moment.year * 12 + (moment.month - 1) - months
+    year, month = divmod(total, 12)
+    month += 1
+    for day in range(moment.day, 27, -1):
+        try:
+            return moment.replace(year=year, month=month, day=day)
+        except ValueError:
+            continue
+    return moment.replace(year=year, month=month, day=min(moment.day, 28))
+
+
+def start_of_day(moment: datetime) -> datetime:
+    return moment.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def end_of_day(day: date) -> datetime:
+    return datetime.combine(day, time.min, tzinfo=UTC) + timedelta(days=1) - timedelta(microseconds=1)
+
+
+def whole_months_between(earlier: datetime, later: datetime) -> int:
+    """Completed calendar months from `earlier` to `later` (negative when `earlier` is later)."""
+    months = (later.year - earlier.year) * 12 + (later.month - earlier.month)
+    if later.day < earlier.day:
+        months -= 1
+    return months
+
+
+def age_in_years(birth: date, on: date) -> int:
+    years = on.year - birth.year
+    if (on.month, on.day) < (birth.month, birth.day):
+        years -= 1
+    return years
+
+
+def reference_key(reference: str | None) -> str | None:
+    """`Type/id` for a relative or absolute literal reference; `urn:` references are returned as they are."""
+    if not reference:
+        return None
+    text = reference.strip()
+    if text.startswith("urn:"):
+        return text
+    match = _REFERENCE.search(text)
+    if match is None:
+        return None
+    return f"{match.group(1)}/{match.group(2)}"
+
+
+def unit_key(unit: str | None) -> str | None:
+    """A unit spelling folded for lookup: trimmed, lower case, micro sign as `u`, no spaces."""
+    if unit is None:
+        return None
+    folded = unit.strip().replace("µ", "u").replace("μ", "u").replace(" ", "").lower()
+    return folded or None

@@ -1,0 +1,248 @@
+"""Intake: raw JSON -> the FHIR resources of one submission, validated with fhir.resources (R4B models).
+
+A submission is a FHIR Bundle (collection, searchset, transaction, batch) or a CDS Hooks request
+whose `prefetch` holds a resource or a searchset Bundle per key. Only the resource types the rules
+read are validated and kept; every other resource is listed in the notes, never dropped unannounced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import orjson
+from fhir.resources.R4B.condition import Condition
+from fhir.resources.R4B.medication import Medication
+from fhir.resources.R4B.medicationrequest import MedicationRequest
+from fhir.resources.R4B.medicationstatement import MedicationStatement
+from fhir.resources.R4B.observation import Observation
+from fhir.resources.R4B.patient import Patient
+from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
+from pydantic import ValidationError
+
+from cds.errors import FhirValidationError, JsonError, ShapeError
+
+PREFETCH_KEYS: Final = (
+    "patient",
+    "observations",
+    "conditions",
+    "medicationRequests",
+    "medicationStatements",
+    "questionnaireResponses",
+)
+BUNDLE_TYPES: Final = frozenset({"collection", "searchset", "transaction", "batch"})
+MODELS: Final[dict[str, Any]] = {
+    "Patient": Patient,
+    "Observation": Observation,
+    "Condition": Condition,
+    "MedicationRequest": MedicationRequest,
+    "MedicationStatement": MedicationStatement,
+    "QuestionnaireResponse": QuestionnaireResponse,
+    "Medication": Medication,
+}
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One validated resource: its type, its `Type/id` key, the fullUrl it came with, and the model."""
+
+    type: str
+    key: str
+    full_url: str | None
+    model: Any
+
+
+@dataclass(frozen=True)
+class HookRequest:
+    """The parts of a CDS Hooks request the service reads (https://cds-hooks.hl7.org/2.0/#http-request)."""
+
+    hook: str
+    hook_instance: str
+    context: Mapping[str, Any]
+    prefetch: Mapping[str, Any]
+    fhir_server: str | None = None
+    access_token: str | None = None
+
+
+@dataclass
+class Submission:
+    resources: list[Resource] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def load_json(raw: bytes | str) -> Any:
+    """Parse JSON strictly: no NaN or Infinity, no numbers beyond double range, nesting at most 1024 deep."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise JsonError(f"the body is not valid JSON ({exc})") from None
+
+
+def is_hook_request(document: Any) -> bool:
+    return isinstance(document, dict) and "hook" in document and "resourceType" not in document
+
+
+def read_hook_request(document: Any) -> HookRequest:
+    """Check the request's own fields; prefetch values are checked when they are read."""
+    if not isinstance(document, dict):
+        raise ShapeError("a CDS Hooks request must be a JSON object")
+    hook = document.get("hook")
+    if not isinstance(hook, str) or not hook:
+        raise ShapeError("must be a non-empty string", field="hook")
+    instance = document.get("hookInstance")
+    if not isinstance(instance, str) or not instance:
+        raise ShapeError("must be a non-empty string", field="hookInstance")
+    context = document.get("context")
+    if not isinstance(context, dict):
+        raise ShapeError("must be an object", field="context")
+    patient_id = context.get("patientId")
+    if not isinstance(patient_id, str) or not patient_id:
+        raise ShapeError("must be a non-empty string", field="context.patientId")
+    prefetch = document.get("prefetch", {})
+    if prefetch is None:
+        prefetch = {}
+    if not isinstance(prefetch, dict):
+        raise ShapeError("must be an object", field="prefetch")
+    server = document.get("fhirServer")
+    if server is not None and not isinstance(server, str):
+        raise ShapeError("must be a string", field="fhirServer")
+    token: str | None = None
+    auth = document.get("fhirAuthorization")
+    if auth is not None:
+        if not isinstance(auth, dict) or not isinstance(auth.get("access_token"), str):
+            raise ShapeError("must be an object with an access_token", field="fhirAuthorization")
+        token = auth["access_token"]
+    return HookRequest(
+        hook=hook,
+        hook_instance=instance,
+        context=context,
+        prefetch=prefetch,
+        fhir_server=server,
+        access_token=token,
+    )
+
+
+def usable_prefetch(value: Any) -> bool:
+    """False for an OperationOutcome: the client tried and failed, so the key counts as not sent."""
+    return not (isinstance(value, dict) and value.get("resourceType") == "OperationOutcome")
+
+
+def prefetch_entries(prefetch: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any], str]]:
+    """(where, resource, fullUrl) for every resource of the prefetch; `null` values mean no data."""
+    found: list[tuple[str, Mapping[str, Any], str]] = []
+    for key in PREFETCH_KEYS:
+        value = prefetch.get(key)
+        if value is None or not usable_prefetch(value):
+            continue
+        where = f"prefetch.{key}"
+        if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
+            raise ShapeError("must be a FHIR resource or Bundle", field=where)
+        if value["resourceType"] == "Bundle":
+            found.extend(bundle_entries(value, where=where))
+        else:
+            found.append((where, value, ""))
+    return found
+
+
+def bundle_entries(
+    bundle: Mapping[str, Any], *, where: str = "Bundle"
+) -> list[tuple[str, Mapping[str, Any], str]]:
+    """(where, resource, fullUrl) for each entry that carries a resource."""
+    kind = bundle.get("type")
+    if kind not in BUNDLE_TYPES:
+        raise ShapeError(
+            f"Bundle.type must be one of {', '.join(sorted(BUNDLE_TYPES))}", field=f"{where}.type"
+        )
+    entries = bundle.get("entry", [])
+    if not isinstance(entries, list):
+        raise ShapeError("must be a list", field=f"{where}.entry")
+    found: list[tuple[str, Mapping[str, Any], str]] = []
+    for index, entry in enumerate(entries):
+        place = f"{where}.entry[{index}]"
+        if not isinstance(entry, dict):
+            raise ShapeError("must be an object", field=place)
+        resource = entry.get("resource")
+        if resource is None:
+            continue  # a transaction entry may be a bare request (DELETE); it carries no data
+        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+            raise ShapeError("must be a FHIR resource with a resourceType", field=f"{place}.resource")
+        if resource["resourceType"] == "OperationOutcome" and where.startswith("prefetch."):
+            continue  # searchset outcome entries carry server messages, not patient data
+        full_url = entry.get("fullUrl", "")
+        found.append((place, resource, full_url if isinstance(full_url, str) else ""))
+    return found
+
+
+def document_entries(document: Any) -> list[tuple[str, Mapping[str, Any], str]]:
+    """Entries of a Bundle document or of a single resource."""
+    if not isinstance(document, dict):
+        raise ShapeError("expected a FHIR Bundle or a CDS Hooks request (a JSON object)")
+    kind = document.get("resourceType")
+    if kind == "Bundle":
+        return bundle_entries(document)
+    raise ShapeError(
+        "expected a FHIR Bundle or a CDS Hooks request" + (f", got {kind}" if isinstance(kind, str) else ""),
+        field="resourceType",
+    )
+
+
+def resource_label(resource: Mapping[str, Any], where: str) -> str:
+    kind = resource.get("resourceType", "resource")
+    rid = resource.get("id")
+    return f"{kind}/{rid}" if isinstance(rid, str) and rid else f"{kind} at {where}"
+
+
+def validate_entries(
+    entries: Iterable[tuple[str, Mapping[str, Any], str]],
+    *,
+    wanted: Mapping[str, Any] | None = None,
+) -> Submission:
+    """Validate every readable resource; list the rest in the notes by type.
+
+    `wanted` filters resources before validation, e.g. Observations by analyte code (see normalise).
+    """
+    submission = Submission()
+    ignored: dict[str, int] = {}
+    for where, resource, full_url in entries:
+        kind = str(resource["resourceType"])
+        model_type = MODELS.get(kind)
+        if model_type is None:
+            ignored[kind] = ignored.get(kind, 0) + 1
+            continue
+        if wanted is not None and kind in wanted and not wanted[kind](resource):
+            ignored[f"{kind} (code not read by the rules)"] = (
+                ignored.get(f"{kind} (code not read by the rules)", 0) + 1
+            )
+            continue
+        label = resource_label(resource, where)
+        try:
+            model = model_type.model_validate(resource)
+        except ValidationError as exc:
+            raise _fhir_error(exc, label) from None
+        except (ValueError, TypeError) as exc:
+            raise FhirValidationError(str(exc), resource=label) from None
+        key = label if "/" in label else f"{kind}/#{where}"
+        submission.resources.append(Resource(type=kind, key=key, full_url=full_url or None, model=model))
+    if ignored:
+        summary = ", ".join(f"{count} {kind}" for kind, count in sorted(ignored.items()))
+        submission.notes.append(f"not read by the rules, ignored: {summary}")
+    return submission
+
+
+def _fhir_error(exc: ValidationError, label: str) -> FhirValidationError:
+    first = exc.errors()[0]
+    where = _loc(first.get("loc", ()))
+    message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+    extra = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+    return FhirValidationError(message + extra, resource=label, field=where or None)
+
+
+def _loc(parts: Sequence[Any]) -> str:
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += ("." if text else "") + str(part)
+    return text

@@ -1,0 +1,492 @@
+"""Load, validate and compile the rule pack in `rules/`: value sets, analytes, orders, rules and their cases.
+
+A wrong file stops start-up with a RulePackError that names the file and the field, for example
+`rules/topics/lifestyle.yaml: rules.0.indicator: Input should be 'info', 'warning' or 'critical'`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cds.errors import RulePackError
+from cds.facttypes import COMMON_FIELDS, FACT_FIELDS, Scalar, value_has_type
+from cds.fhirvalues import unit_key
+
+M = TypeVar("M", bound=BaseModel)
+Source = Literal["V", "C", "U"]
+Indicator = Literal["info", "warning", "critical"]
+INDICATOR_RANK: dict[str, int] = {"info": 0, "warning": 1, "critical": 2}
+OPERATORS = {"lt": "$lt", "lte": "$lte", "gt": "$gt", "gte": "$gte", "ne": "$neq"}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CodeEntry(_Model):
+    system: str
+    code: str
+    display: str
+    source: Source
+    checked: str
+
+
+class PrefixEntry(_Model):
+    system: str
+    prefix: str
+    display: str
+    source: Source
+    checked: str
+
+
+class ConditionSet(_Model):
+    display: str
+    codes: tuple[CodeEntry, ...] = ()
+    prefixes: tuple[PrefixEntry, ...] = ()
+
+
+class MedicationSet(_Model):
+    display: str
+    codes: tuple[CodeEntry, ...] = ()
+    text: tuple[str, ...] = ()
+
+
+class ValueSets(_Model):
+    conditions: dict[str, ConditionSet]
+    medications: dict[str, MedicationSet]
+
+
+class UnitRule(_Model):
+    spellings: tuple[str, ...] = Field(min_length=1)
+    multiply: float | None = None
+    divide: float | None = None
+
+    @model_validator(mode="after")
+    def _one_factor(self) -> UnitRule:
+        if (self.multiply is None) == (self.divide is None):
+            raise ValueError("give exactly one of multiply or divide")
+        if (self.divide is not None and self.divide <= 0) or (
+            self.multiply is not None and self.multiply <= 0
+        ):
+            raise ValueError("factors must be positive")
+        return self
+
+    @property
+    def factor(self) -> float:
+        return self.multiply if self.multiply is not None else 1.0 / (self.divide or 1.0)
+
+
+class Threshold(_Model):
+    band: Literal["low", "high"]
+    grade: str | None = None
+    below: float | None = None
+    above: float | None = None
+    at_or_above: float | None = None
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> Threshold:
+        given = [b for b in (self.below, self.above, self.at_or_above) if b is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of below, above or at_or_above")
+        if self.band == "low" and self.below is None:
+            raise ValueError("a low band needs `below`")
+        if self.band == "high" and self.below is not None:
+            raise ValueError("a high band needs `above` or `at_or_above`")
+        return self
+
+
+class CodedValue(_Model):
+    system: str
+    code: str
+    band: Literal["positive", "negative"]
+    display: str
+
+
+class Analyte(_Model):
+    display: str
+    unit: str | None = None
+    recent_months: int = Field(ge=1, le=120)
+    codes: tuple[CodeEntry, ...] = Field(min_length=1)
+    units: tuple[UnitRule, ...] = ()
+    thresholds: tuple[Threshold, ...] = ()
+    coded_values: tuple[CodedValue, ...] = ()
+
+    @cached_property
+    def unit_factors(self) -> dict[str, float]:
+        table: dict[str, float] = {}
+        for rule in self.units:
+            for spelling in rule.spellings:
+                key = unit_key(spelling)
+                if key is not None:
+                    table[key] = rule.factor
+        return table
+
+
+class Order(_Model):
+    label: str
+    code: CodeEntry
+    covers: str | None = None
+
+
+class CaseSpec(_Model):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    given: dict[str, Any] = Field(default_factory=dict)
+    expect: Literal["fires", "silent"]
+    indicator: Indicator | None = None
+    now: str | None = None
+
+
+class RuleSpec(_Model):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]*$")
+    when: tuple[dict[str, Any], ...]
+    then: dict[str, str] | None = None
+    indicator: Indicator | None = None
+    summary: str | None = None
+    suggest: tuple[str, ...] = ()
+    cases: tuple[CaseSpec, ...] = Field(min_length=2)
+
+    @field_validator("cases")
+    @classmethod
+    def _both_ways(cls, cases: tuple[CaseSpec, ...]) -> tuple[CaseSpec, ...]:
+        outcomes = {case.expect for case in cases}
+        if outcomes != {"fires", "silent"}:
+            raise ValueError("each rule needs at least one case where it fires and one where it stays silent")
+        return cases
+
+
+class OverrideReason(_Model):
+    code: str
+    display: str
+
+
+class TopicSpec(_Model):
+    topic: str
+    display: str
+    requires: tuple[str, ...] = ()
+    detail: str
+    suggest: tuple[str, ...] = ()
+    only_unsuggested: bool = False
+    override_reasons: tuple[OverrideReason, ...] = ()
+    rules: tuple[RuleSpec, ...] = Field(min_length=1)
+
+
+class FindingsSpec(_Model):
+    rules: tuple[RuleSpec, ...]
+
+
+class PackManifest(_Model):
+    id: str
+    version: str
+    title: str
+    topic_system: str
+    override_reason_system: str
+    questionnaire: str
+    analytes: str
+    valuesets: str
+    orders: str
+    findings: str
+    topics: tuple[str, ...] = Field(min_length=1)
+    case_now: str
+
+
+@dataclass(frozen=True)
+class CompiledRule:
+    """A rule in the engine's terms: durable_rules patterns plus the fact the rule produces."""
+
+    id: str
+    patterns: tuple[dict[str, Any], ...]
+    produces: dict[str, Scalar]
+    topic: str | None = None
+
+
+@dataclass(frozen=True)
+class Topic:
+    spec: TopicSpec
+    order: int
+
+    @property
+    def name(self) -> str:
+        return self.spec.topic
+
+
+@dataclass(frozen=True)
+class RulePack:
+    """The loaded pack: everything the pipeline needs, validated and cross-checked."""
+
+    root: Path
+    manifest: PackManifest
+    analytes: Mapping[str, Analyte]
+    valuesets: ValueSets
+    orders: Mapping[str, Order]
+    findings: tuple[RuleSpec, ...]
+    topics: Mapping[str, Topic]
+    questionnaire: Mapping[str, Any]
+    compiled: tuple[CompiledRule, ...] = field(default=())
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    @property
+    def questionnaire_url(self) -> str:
+        return str(self.questionnaire["url"])
+
+    @cached_property
+    def rules_by_id(self) -> dict[str, RuleSpec]:
+        rules = {rule.id: rule for rule in self.findings}
+        for topic in self.topics.values():
+            rules.update({rule.id: rule for rule in topic.spec.rules})
+        return rules
+
+    @cached_property
+    def topic_of_rule(self) -> dict[str, str]:
+        return {rule.id: t.name for t in self.topics.values() for rule in t.spec.rules}
+
+    @cached_property
+    def question_types(self) -> dict[str, str]:
+        """linkId -> 'integer' or 'boolean', for every answerable item of the Questionnaire."""
+        found: dict[str, str] = {}
+
+        def walk(items: Sequence[Mapping[str, Any]]) -> None:
+            for item in items:
+                if item.get("type") in {"integer", "boolean"}:
+                    found[str(item["linkId"])] = str(item["type"])
+                walk(item.get("item", ()))
+
+        walk(self.questionnaire.get("item", ()))
+        return found
+
+    @cached_property
+    def analyte_by_code(self) -> dict[tuple[str, str], str]:
+        return {(c.system, c.code): name for name, a in self.analytes.items() for c in a.codes}
+
+    def order_codes(self) -> dict[str, tuple[str, ...]]:
+        """LOINC codes per analyte, for prefetch templates."""
+        return {name: tuple(c.code for c in a.codes) for name, a in self.analytes.items()}
+
+
+def _read(path: Path, root: Path) -> Any:
+    name = _display_path(path, root)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RulePackError(f"cannot read file ({exc.strerror})", resource=name) from None
+    try:
+        if path.suffix == ".json":
+            return json.loads(text)
+        return yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise RulePackError(f"not valid {path.suffix.lstrip('.').upper()}: {exc}", resource=name) from None
+
+
+def _display_path(path: Path, root: Path) -> str:
+    try:
+        return str(Path(root.name) / path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _parse(model: type[M], data: Any, path: Path, root: Path) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        raise RulePackError(first["msg"], resource=_display_path(path, root), field=where) from None
+
+
+def load_rule_pack(root: Path) -> RulePack:
+    """Read every file of the pack under `root`, validate each, cross-check them and compile the rules."""
+    root = root.resolve()
+    manifest_path = root / "pack.yaml"
+    manifest = _parse(PackManifest, _read(manifest_path, root), manifest_path, root)
+
+    raw_analytes = _read(root / manifest.analytes, root)
+    if not isinstance(raw_analytes, dict):
+        raise RulePackError(
+            "expected a mapping of analyte ids", resource=_display_path(root / manifest.analytes, root)
+        )
+    analytes = {
+        name: _parse(Analyte, body, root / manifest.analytes, root) for name, body in raw_analytes.items()
+    }
+    valuesets = _parse(ValueSets, _read(root / manifest.valuesets, root), root / manifest.valuesets, root)
+    raw_orders = _read(root / manifest.orders, root)
+    if not isinstance(raw_orders, dict):
+        raise RulePackError(
+            "expected a mapping of order ids", resource=_display_path(root / manifest.orders, root)
+        )
+    orders = {name: _parse(Order, body, root / manifest.orders, root) for name, body in raw_orders.items()}
+    findings = _parse(FindingsSpec, _read(root / manifest.findings, root), root / manifest.findings, root)
+    questionnaire = _read(root / manifest.questionnaire, root)
+    _check_questionnaire(questionnaire, root / manifest.questionnaire, root)
+
+    topics: dict[str, Topic] = {}
+    for order, rel in enumerate(manifest.topics):
+        spec = _parse(TopicSpec, _read(root / rel, root), root / rel, root)
+        if Path(rel).stem != spec.topic:
+            raise RulePackError(
+                f"topic {spec.topic!r} must live in {spec.topic}.yaml", resource=rel, field="topic"
+            )
+        topics[spec.topic] = Topic(spec=spec, order=order)
+
+    pack = RulePack(
+        root=root,
+        manifest=manifest,
+        analytes=analytes,
+        valuesets=valuesets,
+        orders=orders,
+        findings=findings.rules,
+        topics=topics,
+        questionnaire=questionnaire,
+    )
+    compiled = _compile(pack)
+    return dataclasses.replace(pack, compiled=compiled)
+
+
+def _check_questionnaire(data: Any, path: Path, root: Path) -> None:
+    # Imported here: fhir.resources is heavy and only this check needs it at load time.
+    from fhir.resources.R4B.questionnaire import Questionnaire
+
+    name = _display_path(path, root)
+    try:
+        Questionnaire.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise RulePackError(first["msg"], resource=name, field=".".join(map(str, first["loc"]))) from None
+    if not isinstance(data, dict) or not data.get("url"):
+        raise RulePackError("the Questionnaire needs a canonical url", resource=name, field="url")
+
+
+def _compile(pack: RulePack) -> tuple[CompiledRule, ...]:
+    """Check every rule against the vocabulary and turn it into engine patterns."""
+    compiled: list[CompiledRule] = []
+    seen: set[str] = set()
+    findings_made = {rule.then.get("finding") for rule in pack.findings if rule.then}
+    sources: list[tuple[str, RuleSpec, TopicSpec | None]] = [
+        (pack.manifest.findings, rule, None) for rule in pack.findings
+    ]
+    for rel, entry in zip(pack.manifest.topics, pack.topics.values(), strict=True):
+        sources.extend((rel, rule, entry.spec) for rule in entry.spec.rules)
+
+    for rel, rule, topic in sources:
+        where = f"rules.{_rule_index(rule, topic, pack)}"
+        if rule.id in seen:
+            raise RulePackError(f"duplicate rule id {rule.id!r}", resource=rel, field=f"{where}.id")
+        seen.add(rule.id)
+        patterns = list(rule.when)
+        if topic is None:
+            if not rule.then or set(rule.then) != {"finding"}:
+                raise RulePackError(
+                    "a findings rule needs `then: {finding: <name>}`", resource=rel, field=f"{where}.then"
+                )
+            produces: dict[str, Scalar] = {"type": "finding", "name": rule.then["finding"]}
+        else:
+            if not rule.id.startswith(topic.topic + "."):
+                raise RulePackError(
+                    f"rule ids must start with {topic.topic}.", resource=rel, field=f"{where}.id"
+                )
+            if rule.then is not None:
+                raise RulePackError(
+                    "topic rules produce their cause; drop `then`", resource=rel, field=f"{where}.then"
+                )
+            if rule.indicator is None or rule.summary is None:
+                raise RulePackError("topic rules need `indicator` and `summary`", resource=rel, field=where)
+            patterns = [{"fact": "finding", "name": need} for need in topic.requires] + patterns
+            produces = {"type": "cause", "topic": topic.topic, "rule": rule.id}
+            for order in (*topic.suggest, *rule.suggest):
+                if order not in pack.orders:
+                    raise RulePackError(f"unknown order {order!r}", resource=rel, field=f"{where}.suggest")
+        if not patterns:
+            raise RulePackError("a rule needs at least one pattern", resource=rel, field=f"{where}.when")
+        engine_patterns = tuple(
+            _compile_pattern(p, pack, findings_made, rel, f"{where}.when.{i}") for i, p in enumerate(patterns)
+        )
+        compiled.append(
+            CompiledRule(
+                id=rule.id, patterns=engine_patterns, produces=produces, topic=topic.topic if topic else None
+            )
+        )
+    return tuple(compiled)
+
+
+def _rule_index(rule: RuleSpec, topic: TopicSpec | None, pack: RulePack) -> int:
+    rules = topic.rules if topic else pack.findings
+    return rules.index(rule)
+
+
+def _compile_pattern(
+    pattern: Mapping[str, Any], pack: RulePack, findings_made: set[str | None], rel: str, where: str
+) -> dict[str, Any]:
+    """`{fact: lab, analyte: tsh, band: high}` -> `{'$and': [{'type': 'lab'}, {'analyte': 'tsh'}, ...]}`.
+
+    Negation is not offered: durable_rules fires `none(...)` even when the fact arrives later in the
+    same batch, so absence is stated by explicit facts (a lab fact with band "none").
+    """
+    kind = pattern.get("fact")
+    if kind not in FACT_FIELDS or kind in {"sentinel", "cause"}:
+        raise RulePackError(f"unknown fact type {kind!r}", resource=rel, field=f"{where}.fact")
+    fields = FACT_FIELDS[str(kind)]
+    terms: list[dict[str, Any]] = [{"type": kind}]
+    for name, condition in pattern.items():
+        if name == "fact":
+            continue
+        if name not in fields or name in COMMON_FIELDS:
+            raise RulePackError(f"{kind} facts have no field {name!r}", resource=rel, field=f"{where}.{name}")
+        expected = fields[name]
+        if isinstance(condition, Mapping):
+            if len(condition) != 1:
+                raise RulePackError("give one operator per field", resource=rel, field=f"{where}.{name}")
+            ((op, operand),) = condition.items()
+            if op == "in":
+                if not isinstance(operand, list) or not operand:
+                    raise RulePackError("`in` needs a non-empty list", resource=rel, field=f"{where}.{name}")
+                for item in operand:
+                    _check_value(kind, name, item, expected, pack, findings_made, rel, where)
+                terms.append({"$or": [{name: item} for item in operand]})
+            elif op in OPERATORS:
+                if expected not in (int, float):
+                    raise RulePackError(
+                        f"`{op}` needs a numeric field", resource=rel, field=f"{where}.{name}"
+                    )
+                _check_value(kind, name, operand, expected, pack, findings_made, rel, where)
+                terms.append({OPERATORS[op]: {name: operand}})
+            else:
+                raise RulePackError(f"unknown operator {op!r}", resource=rel, field=f"{where}.{name}")
+        else:
+            _check_value(kind, name, condition, expected, pack, findings_made, rel, where)
+            terms.append({name: condition})
+    return {"$and": terms}
+
+
+def _check_value(
+    kind: Any,
+    name: str,
+    value: Any,
+    expected: type,
+    pack: RulePack,
+    findings_made: set[str | None],
+    rel: str,
+    where: str,
+) -> None:
+    field_path = f"{where}.{name}"
+    if not value_has_type(value, expected):
+        raise RulePackError(f"must be {expected.__name__}", resource=rel, field=field_path)
+    vocabularies: dict[tuple[str, str], Collection[Any]] = {
+        ("lab", "analyte"): pack.analytes,
+        ("condition", "group"): pack.valuesets.conditions,
+        ("medication", "group"): pack.valuesets.medications,
+        ("answer", "item"): pack.question_types,
+        ("finding", "name"): findings_made,
+    }
+    known = vocabularies.get((kind, name))
+    if known is not None and value not in known:
+        raise RulePackError(f"unknown {name} {value!r}", resource=rel, field=field_path)

@@ -1,0 +1,537 @@
+"""Durable store for issued cards, clinician feedback and seen JWT ids (SQLAlchemy 2 + Alembic)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    Connection,
+    DateTime,
+    Dialect,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    text,
+)
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+__all__ = [
+    "FeedbackItem",
+    "IssuedCard",
+    "ReasonCount",
+    "ReportRow",
+    "Store",
+    "StoreError",
+    "StoreUnavailableError",
+    "UnknownCardError",
+    "patient_hash",
+]
+
+Outcome = Literal["accepted", "overridden"]
+_OUTCOMES: tuple[str, ...] = ("accepted", "overridden")
+
+# Arbitrary constant key for pg_advisory_xact_lock ("cdsm" in ASCII) serialising migrations.
+_MIGRATION_LOCK_KEY = 0x6364736D
+_CONNECT_TIMEOUT_SECONDS = 5
+_SQLITE_BUSY_TIMEOUT_MS = 10_000
+_JTI_PRUNE_INTERVAL = timedelta(minutes=5)
+
+
+# --------------------------------------------------------------------------- public value types
+
+
+@dataclass(frozen=True)
+class IssuedCard:
+    """A card returned to a CDS client, as remembered for later feedback."""
+
+    uuid: str
+    topic: str
+    rule_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FeedbackItem:
+    """One CDS Hooks 2.0 feedback entry for a previously issued card."""
+
+    card_uuid: str
+    outcome: Outcome
+    outcome_timestamp: datetime
+    accepted_suggestions: tuple[str, ...] = ()
+    override_reason_code: str | None = None
+    override_reason_system: str | None = None
+    override_comment: str | None = None
+
+
+@dataclass(frozen=True)
+class ReasonCount:
+    """How many distinct cards were overridden with one (system, code) reason."""
+
+    system: str | None
+    code: str | None
+    count: int
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    """Aggregated outcome counts for one (service_id, topic)."""
+
+    service_id: str
+    topic: str
+    issued: int
+    accepted: int
+    overridden: int
+    override_reasons: tuple[ReasonCount, ...]
+
+
+class StoreError(Exception):
+    """Base class of every error raised by the store."""
+
+
+class UnknownCardError(StoreError):
+    """Feedback named card uuids that this service never issued (a client error)."""
+
+    def __init__(self, card_uuids: Sequence[str]) -> None:
+        self.card_uuids: tuple[str, ...] = tuple(card_uuids)
+        super().__init__(f"unknown card uuid(s): {', '.join(self.card_uuids)}")
+
+
+class StoreUnavailableError(StoreError):
+    """The database could not be reached or is busy; the caller should answer 503 and retry."""
+
+
+def patient_hash(key: bytes, patient_id: str) -> str:
+    """Return the keyed HMAC-SHA256 (hex) of a patient id, so ids are never stored in the clear."""
+    if not key:
+        raise ValueError("patient_hash key must not be empty")
+    return hmac.new(key, patient_id.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+# --------------------------------------------------------------------------- ORM model
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores naive UTC text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value!r}: store only accepts timezone-aware values")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+_BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    """Declarative base for the store's tables (schema lives in cds/migrations)."""
+
+
+class IssuedCardRow(Base):
+    """Row of ``issued_card``."""
+
+    __tablename__ = "issued_card"
+
+    uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
+    service_id: Mapped[str] = mapped_column(String(255))
+    hook_instance: Mapped[str] = mapped_column(String(255))
+    topic: Mapped[str] = mapped_column(String(255))
+    rule_ids: Mapped[list[str]] = mapped_column(JSON)
+    patient_hash: Mapped[str] = mapped_column(String(64))
+    issued_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    pack_version: Mapped[str] = mapped_column(String(64))
+
+    __table_args__ = (Index("ix_issued_card_service_topic", "service_id", "topic"),)
+
+
+class FeedbackRow(Base):
+    """Row of ``feedback``."""
+
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    card_uuid: Mapped[str] = mapped_column(String(36), ForeignKey("issued_card.uuid"), index=True)
+    service_id: Mapped[str] = mapped_column(String(255))
+    outcome: Mapped[str] = mapped_column(String(16))
+    accepted_suggestions: Mapped[list[str]] = mapped_column(JSON)
+    override_reason_code: Mapped[str | None] = mapped_column(String(255))
+    override_reason_system: Mapped[str | None] = mapped_column(String(1024))
+    override_comment: Mapped[str | None] = mapped_column(Text)
+    outcome_timestamp: Mapped[datetime] = mapped_column(UTCDateTime)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    dedupe_key: Mapped[str] = mapped_column(String(64), unique=True)
+
+    __table_args__ = (CheckConstraint("outcome IN ('accepted', 'overridden')", name="ck_feedback_outcome"),)
+
+
+class SeenJtiRow(Base):
+    """Row of ``seen_jti``: a JWT id accepted once, kept until it can no longer be replayed."""
+
+    __tablename__ = "seen_jti"
+
+    iss: Mapped[str] = mapped_column(String(512), primary_key=True)
+    jti: Mapped[str] = mapped_column(String(255), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _require_aware(name: str, value: datetime) -> None:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{name} must be timezone-aware, got {value!r}")
+
+
+def _dedupe_key(service_id: str, item: FeedbackItem) -> str:
+    """sha256 of the canonical JSON of one feedback item (plus the service it was sent to)."""
+    canonical = {
+        "service_id": service_id,
+        "card_uuid": item.card_uuid,
+        "outcome": item.outcome,
+        "outcome_timestamp": item.outcome_timestamp.astimezone(UTC).isoformat(),
+        "accepted_suggestions": sorted(item.accepted_suggestions),
+        "override_reason_code": item.override_reason_code,
+        "override_reason_system": item.override_reason_system,
+        "override_comment": item.override_comment,
+    }
+    encoded = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
+
+
+def _is_unavailable(error: sa_exc.SQLAlchemyError) -> bool:
+    if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError)
+
+
+def _enable_wal(cursor: Any, busy_timeout_ms: int) -> None:
+    """Switch a SQLite file to WAL; the switch can report "locked" without waiting, so retry it."""
+    deadline = time.monotonic() + busy_timeout_ms / 1000
+    while True:
+        try:
+            mode = cursor.execute("PRAGMA journal_mode").fetchone()[0]
+            if str(mode).lower() != "wal":
+                cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
+
+
+def _migrations_dir() -> str:
+    return str(resources.files("cds") / "migrations")
+
+
+# --------------------------------------------------------------------------- the store
+
+
+class Store:
+    """Feedback and audit store over SQLite (single host) or PostgreSQL (shared by workers)."""
+
+    def __init__(self, url: str, *, sqlite_busy_timeout_ms: int = _SQLITE_BUSY_TIMEOUT_MS) -> None:
+        parsed = make_url(url)
+        self._backend = parsed.get_backend_name()
+        self._last_jti_prune: datetime | None = None
+        self._prune_lock = threading.Lock()
+        if self._backend == "sqlite":
+            database = parsed.database
+            if not database or database == ":memory:":
+                raise ValueError("SQLite store needs a file path, e.g. sqlite:///var/cds.sqlite3")
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+            self._engine: Engine = create_engine(
+                parsed, connect_args={"timeout": sqlite_busy_timeout_ms / 1000}
+            )
+            self._install_sqlite_hooks(self._engine, sqlite_busy_timeout_ms)
+        elif self._backend == "postgresql":
+            self._engine = create_engine(
+                parsed,
+                pool_pre_ping=True,
+                connect_args={"connect_timeout": _CONNECT_TIMEOUT_SECONDS},
+            )
+        else:
+            raise ValueError(f"unsupported store backend {self._backend!r}: use sqlite or postgresql")
+
+    @staticmethod
+    def _install_sqlite_hooks(engine: Engine, busy_timeout_ms: int) -> None:
+        # pysqlite's own transaction handling defers BEGIN; take control so every transaction
+        # starts with BEGIN IMMEDIATE (a write lock up front, waiting out busy_timeout).
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+                _enable_wal(cursor, busy_timeout_ms)
+                cursor.execute("PRAGMA foreign_keys = ON")
+                cursor.execute("PRAGMA synchronous = NORMAL")
+            finally:
+                cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    @property
+    def engine(self) -> Engine:
+        """The underlying SQLAlchemy engine (for diagnostics and tests)."""
+        return self._engine
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        """One committed-or-rolled-back transaction; connectivity problems become StoreUnavailableError."""
+        try:
+            with self._engine.begin() as conn:
+                yield conn
+        except sa_exc.SQLAlchemyError as error:
+            if _is_unavailable(error):
+                raise StoreUnavailableError(f"store unavailable: {error.__class__.__name__}") from error
+            raise
+
+    # ------------------------------------------------------------------ schema
+
+    def migrate(self) -> None:
+        """Upgrade the schema to the newest revision; safe to run concurrently from several workers."""
+        from alembic import command
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", _migrations_dir())
+        with self._transaction() as conn:
+            if self._backend == "postgresql":
+                # Released at commit; a second worker waits here, then finds the schema at head.
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+            # On SQLite the BEGIN IMMEDIATE of this transaction already serialises writers.
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+
+    def ping(self) -> bool:
+        """True when the database answers a trivial query."""
+        try:
+            with self._engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except sa_exc.SQLAlchemyError:
+            return False
+        return True
+
+    # ------------------------------------------------------------------ writes
+
+    def record_cards(
+        self,
+        *,
+        service_id: str,
+        hook_instance: str,
+        patient_hash: str,
+        pack_version: str,
+        cards: Sequence[IssuedCard],
+        issued_at: datetime,
+    ) -> None:
+        """Remember the cards returned by one hook call, in one transaction."""
+        _require_aware("issued_at", issued_at)
+        if not cards:
+            return
+        rows = [
+            {
+                "uuid": card.uuid,
+                "service_id": service_id,
+                "hook_instance": hook_instance,
+                "topic": card.topic,
+                "rule_ids": list(card.rule_ids),
+                "patient_hash": patient_hash,
+                "issued_at": issued_at,
+                "pack_version": pack_version,
+            }
+            for card in cards
+        ]
+        with self._transaction() as conn:
+            conn.execute(insert(IssuedCardRow), rows)
+
+    def _insert_ignoring(self, conn: Connection, row: dict[str, Any]) -> int:
+        table = FeedbackRow
+        if self._backend == "postgresql":
+            stmt: Any = (
+                pg_dialect.insert(table).values(row).on_conflict_do_nothing(index_elements=["dedupe_key"])
+            )
+        else:
+            stmt = (
+                sqlite_dialect.insert(table).values(row).on_conflict_do_nothing(index_elements=["dedupe_key"])
+            )
+        # RETURNING reports what was really inserted (rowcount of INSERT is not reliable across drivers).
+        return len(conn.execute(stmt.returning(FeedbackRow.id)).all())
+
+    def record_feedback(
+        self, *, service_id: str, items: Sequence[FeedbackItem], received_at: datetime
+    ) -> int:
+        """Store a feedback batch all-or-nothing; return how many rows were new (duplicates are ignored).
+
+        Raises UnknownCardError naming every card uuid not issued by ``service_id`` (nothing is stored),
+        and StoreUnavailableError when the database cannot be reached.
+        """
+        _require_aware("received_at", received_at)
+        for item in items:
+            if item.outcome not in _OUTCOMES:
+                raise ValueError(f"unknown feedback outcome {item.outcome!r}")
+            _require_aware("outcome_timestamp", item.outcome_timestamp)
+        if not items:
+            return 0
+        wanted = sorted({item.card_uuid for item in items})
+        with self._transaction() as conn:
+            known = set(
+                conn.scalars(
+                    select(IssuedCardRow.uuid).where(
+                        IssuedCardRow.uuid.in_(wanted), IssuedCardRow.service_id == service_id
+                    )
+                )
+            )
+            unknown = [uuid for uuid in wanted if uuid not in known]
+            if unknown:
+                raise UnknownCardError(unknown)
+            new_rows = 0
+            for item in items:
+                new_rows += self._insert_ignoring(
+                    conn,
+                    {
+                        "card_uuid": item.card_uuid,
+                        "service_id": service_id,
+                        "outcome": item.outcome,
+                        "accepted_suggestions": list(item.accepted_suggestions),
+                        "override_reason_code": item.override_reason_code,
+                        "override_reason_system": item.override_reason_system,
+                        "override_comment": item.override_comment,
+                        "outcome_timestamp": item.outcome_timestamp,
+                        "received_at": received_at,
+                        "dedupe_key": _dedupe_key(service_id, item),
+                    },
+                )
+        return new_rows
+
+    def remember_jti(self, *, iss: str, jti: str, expires_at: datetime, now: datetime) -> bool:
+        """Record a JWT id; False when (iss, jti) was already seen and has not yet expired (a replay)."""
+        _require_aware("expires_at", expires_at)
+        _require_aware("now", now)
+        table = SeenJtiRow
+        values = {"iss": iss, "jti": jti, "expires_at": expires_at}
+        # Insert, or take over an expired row; a live row makes the upsert a no-op (rowcount 0).
+        stmt: Any
+        if self._backend == "postgresql":
+            ins = pg_dialect.insert(table).values(values)
+            stmt = ins.on_conflict_do_update(
+                index_elements=["iss", "jti"],
+                set_={"expires_at": ins.excluded.expires_at},
+                where=SeenJtiRow.expires_at <= now,
+            )
+        else:
+            sins = sqlite_dialect.insert(table).values(values)
+            stmt = sins.on_conflict_do_update(
+                index_elements=["iss", "jti"],
+                set_={"expires_at": sins.excluded.expires_at},
+                where=SeenJtiRow.expires_at <= now,
+            )
+        with self._transaction() as conn:
+            fresh = len(conn.execute(stmt.returning(SeenJtiRow.jti)).all()) == 1
+            if self._prune_due(now):
+                conn.execute(delete(SeenJtiRow).where(SeenJtiRow.expires_at <= now))
+        return fresh
+
+    def _prune_due(self, now: datetime) -> bool:
+        with self._prune_lock:
+            last = self._last_jti_prune
+            if last is not None and last <= now < last + _JTI_PRUNE_INTERVAL:
+                return False
+            self._last_jti_prune = now
+            return True
+
+    # ------------------------------------------------------------------ reads
+
+    def report(self) -> list[ReportRow]:
+        """Per (service_id, topic): cards issued, distinct cards accepted / overridden, override reasons."""
+        card = IssuedCardRow
+        fb = FeedbackRow
+        with self._transaction() as conn:
+            issued = conn.execute(
+                select(card.service_id, card.topic, func.count()).group_by(card.service_id, card.topic)
+            ).all()
+            outcomes = conn.execute(
+                select(card.service_id, card.topic, fb.outcome, func.count(fb.card_uuid.distinct()))
+                .join(fb, fb.card_uuid == card.uuid)
+                .group_by(card.service_id, card.topic, fb.outcome)
+            ).all()
+            reasons = conn.execute(
+                select(
+                    card.service_id,
+                    card.topic,
+                    fb.override_reason_system,
+                    fb.override_reason_code,
+                    func.count(fb.card_uuid.distinct()),
+                )
+                .join(fb, fb.card_uuid == card.uuid)
+                .where(fb.outcome == "overridden")
+                .group_by(card.service_id, card.topic, fb.override_reason_system, fb.override_reason_code)
+            ).all()
+        outcome_counts: dict[tuple[str, str, str], int] = {
+            (service, topic, outcome): int(count) for service, topic, outcome, count in outcomes
+        }
+        reason_counts: dict[tuple[str, str], list[ReasonCount]] = {}
+        for service, topic, system, code, count in reasons:
+            reason_counts.setdefault((service, topic), []).append(ReasonCount(system, code, int(count)))
+        rows = []
+        for service, topic, count in sorted(issued, key=lambda r: (r[0], r[1])):
+            listed = sorted(
+                reason_counts.get((service, topic), []),
+                key=lambda r: (-r.count, r.system or "", r.code or ""),
+            )
+            rows.append(
+                ReportRow(
+                    service_id=service,
+                    topic=topic,
+                    issued=int(count),
+                    accepted=outcome_counts.get((service, topic, "accepted"), 0),
+                    overridden=outcome_counts.get((service, topic, "overridden"), 0),
+                    override_reasons=tuple(listed),
+                )
+            )
+        return rows
+
+    def close(self) -> None:
+        """Release every pooled connection."""
+        self._engine.dispose()
