@@ -1,0 +1,156 @@
+"""The `cds` command: evaluate a file, check and test the rule pack, show the fixture patients.
+
+Bad input exits with status 2 and one paragraph on stderr naming the resource and field; never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from cds.errors import CdsError
+from cds.fhirvalues import end_of_day
+from cds.settings import DEFAULT_RULES_DIR
+
+SERVICES = ("cramp-assessment", "calcium-order-check")
+CAUSE_TOPICS = frozenset(
+    {
+        "calcium-absorption",
+        "magnesium-deficiency",
+        "vitamin-d-deficiency",
+        "poor-circulation",
+        "neuromuscular",
+        "seek-care",
+    }
+)
+EXIT_BAD_INPUT = 2
+
+
+def fail(message: str) -> NoReturn:
+    click.echo(f"cds: error: {message}", err=True)
+    sys.exit(EXIT_BAD_INPUT)
+
+
+def parse_now(value: str | None) -> datetime:
+    """`YYYY-MM-DD` means the end of that UTC day; a full ISO date-time is taken as it is."""
+    if value is None:
+        return datetime.now(UTC)
+    try:
+        if len(value) == 10:
+            return end_of_day(date.fromisoformat(value))
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        fail(f"--now must be YYYY-MM-DD or an ISO date-time, got {value!r}")
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def load_evaluator(rules: Path) -> Any:
+    from cds.evaluation import Evaluator
+    from cds.rulepack import load_rule_pack
+
+    try:
+        return Evaluator(load_rule_pack(rules))
+    except CdsError as exc:
+        fail(f"rule pack: {exc}")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """cramp-cds: CDS Hooks decision support for muscle cramps after calcium supplements."""
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--now", "now_text", help="Evaluation time, YYYY-MM-DD (end of that UTC day) or ISO date-time.")
+@click.option("--service", type=click.Choice(SERVICES), default="cramp-assessment", show_default=True)
+@click.option(
+    "--rules", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_RULES_DIR, hidden=True
+)
+def evaluate(file: Path, now_text: str | None, service: str, rules: Path) -> None:
+    """Print the CDS Hooks response ({"cards": [...]}) for a Bundle or a patient-view request in FILE."""
+    from cds.intake import load_json
+
+    now = parse_now(now_text)
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        fail(f"{file}: cannot read ({exc.strerror})")
+    evaluator = load_evaluator(rules)
+    topics = CAUSE_TOPICS if service == "calcium-order-check" else None
+    try:
+        result = evaluator.evaluate_document(load_json(raw), now=now, topics=topics)
+    except CdsError as exc:
+        fail(f"{file}: {exc}")
+    for note in result.notes:
+        click.echo(f"cds: note: {note}", err=True)
+    click.echo(json.dumps(result.response(), indent=2, ensure_ascii=False))
+
+
+@main.group()
+def rules() -> None:
+    """Check or test the rule pack."""
+
+
+@rules.command("check")
+@click.option(
+    "--rules", "rules_dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_RULES_DIR
+)
+def rules_check(rules_dir: Path) -> None:
+    """Load and validate every file of the rule pack."""
+    evaluator = load_evaluator(rules_dir)
+    pack = evaluator.pack
+    click.echo(
+        f"rule pack {pack.manifest.id} {pack.version}: {len(pack.compiled)} rules in {len(pack.topics)} topics, "
+        f"{len(pack.analytes)} analytes, {len(pack.valuesets.conditions)} condition and "
+        f"{len(pack.valuesets.medications)} medication value sets: OK"
+    )
+
+
+@rules.command("test")
+@click.option(
+    "--rules", "rules_dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_RULES_DIR
+)
+def rules_test(rules_dir: Path) -> None:
+    """Run every rule's own cases (fires / stays silent / boundary)."""
+    from cds.cases import run_all_cases
+
+    results = run_all_cases(load_evaluator(rules_dir))
+    failed = [r for r in results if not r.passed]
+    for result in failed:
+        click.echo(f"FAIL {result.name}: {result.message}")
+    click.echo(f"{len(results) - len(failed)} of {len(results)} rule cases pass")
+    sys.exit(1 if failed else 0)
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path), default=Path("fixtures"))
+def demo(directory: Path) -> None:
+    """Evaluate the example patients listed in DIRECTORY/manifest.json and print their cards."""
+    from cds.intake import load_json
+
+    evaluator = load_evaluator(DEFAULT_RULES_DIR)
+    try:
+        manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        fail(f"{directory}/manifest.json: {exc}")
+    for item in manifest:
+        now = parse_now(item["now"])
+        try:
+            result = evaluator.evaluate_document(load_json((directory / item["file"]).read_bytes()), now=now)
+        except CdsError as exc:
+            fail(f"{item['file']}: {exc}")
+        click.secho(f"\n{item['file']}  ({item['title']}, evaluated {item['now']})", bold=True)
+        if not result.cards:
+            click.echo("  no cards")
+        for card in result.cards:
+            colour = {"warning": "yellow", "critical": "red"}.get(card["indicator"], "cyan")
+            click.echo("  " + click.style(f"[{card['indicator']:7}]", fg=colour) + f" {card['summary']}")
+            for suggestion in card.get("suggestions", []):
+                click.echo(f"            -> {suggestion['label']}")
+            rules_fired = ", ".join(r["rule"] for r in card["extension"]["cramp-cds-explanation"]["rules"])
+            click.echo(click.style(f"            rules: {rules_fired}", dim=True))
