@@ -13,11 +13,7 @@ import httpx
 import pytest
 
 from cds.fhirclient import DEFAULT_MAX_PAGE_BYTES, FhirFetchError, fetch_prefetch, fill_template
-
-try:
-    from tests.support.fhir_server import FhirTestServer
-except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.path
-    from support.fhir_server import FhirTestServer  # type: ignore[import-not-found, no-redef]
+from tests.support.fhir_server import FhirTestServer
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "fhir-examples" / "resources"
 needs_examples = pytest.mark.skipif(not EXAMPLES.is_dir(), reason="shared FHIR examples not present")

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select, text
-from support.postgres import fresh_database, postgres_url  # noqa: F401  (fixture)
 
 from cds.store import (
     FeedbackItem,
@@ -28,6 +27,7 @@ from cds.store import (
     UnknownCardError,
     patient_hash,
 )
+from tests.support.postgres import fresh_database
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 SNOMED = "http://snomed.info/sct"
