@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck unit bench soak fuzz clean
+.PHONY: install run test lint typecheck unit bench soak fuzz clean goldens
 
 install: $(STAMP)
 
@@ -32,3 +32,7 @@ test: lint typecheck unit
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+
+# Regenerate the compiled-rules golden file after a deliberate rule change; review the diff.
+goldens: $(STAMP)
+	$(BIN)/cds rules compile > tests/golden/compiled-rules.json

@@ -127,6 +127,20 @@ def rules_test(rules_dir: Path) -> None:
     sys.exit(1 if failed else 0)
 
 
+@rules.command("compile")
+@click.option(
+    "--rules", "rules_dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_RULES_DIR
+)
+def rules_compile(rules_dir: Path) -> None:
+    """Print the rules as the engine receives them (JSON), for review and for the golden file."""
+    pack = load_evaluator(rules_dir).pack
+    compiled = [
+        {"id": r.id, "topic": r.topic, "patterns": list(r.patterns), "produces": r.produces}
+        for r in pack.compiled
+    ]
+    click.echo(json.dumps({"pack": pack.manifest.id, "version": pack.version, "rules": compiled}, indent=1))
+
+
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path), default=Path("fixtures"))
 def demo(directory: Path) -> None:

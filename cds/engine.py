@@ -93,12 +93,12 @@ class RuleEngine:
         self._sids = itertools.count(1)
         self._run: _Run | None = None
         definition: dict[str, Any] = {
-            SENTINEL_RULE: {"all": [{"m0": {"type": "sentinel"}}], "run": self._sentinel_action},
+            SENTINEL_RULE: {"all": [{"m0": {"type": "sentinel"}}], "run": self._guard(_no_action)},
         }
         for rule in rules:
             definition[rule.id] = {
                 "all": [{f"m{i}": pattern} for i, pattern in enumerate(rule.patterns)],
-                "run": self._make_action(rule),
+                "run": self._guard(self._make_action(rule)),
             }
         self.definition = definition
         self._host = _QuietHost()
@@ -155,35 +155,44 @@ class RuleEngine:
             return False
         return True
 
-    def _sentinel_action(self, c: Any) -> None:
-        return None
-
-    def _make_action(self, rule: CompiledRule) -> Callable[[Any], None]:
+    def _make_action(self, rule: CompiledRule) -> Callable[[Any, _Run], None]:
         names = [f"m{i}" for i in range(len(rule.patterns))]
         produces = rule.produces
         key = (str(produces["type"]), str(produces.get("name") or produces.get("rule")))
         terminal = produces["type"] == "cause"
 
-        def action(c: Any) -> None:
+        def action(c: Any, run: _Run) -> None:
+            inputs = tuple(str(getattr(c, name)["id"]) for name in names)
+            existing = run.derived.get(key)
+            if existing is not None:
+                run.firings.append(Firing(rule=rule.id, inputs=inputs, output=str(existing["id"])))
+                return
+            fact: dict[str, Scalar] = {**produces, "id": f"d{next(run.counter)}", "label": key[1]}
+            run.derived[key] = fact
+            run.firings.append(Firing(rule=rule.id, inputs=inputs, output=str(fact["id"])))
+            if not terminal:
+                with contextlib.suppress(durable_engine.MessageNotHandledException):
+                    c.assert_fact({**fact, "sid": run.sid})
+
+        return action
+
+    def _guard(self, action: Callable[[Any, _Run], None]) -> Callable[[Any], None]:
+        """durable_rules swallows exceptions raised in actions; record them so `evaluate` raises."""
+
+        def guarded(c: Any) -> None:
             run = self._run
             if run is None:
                 return
             try:
-                inputs = tuple(str(getattr(c, name)["id"]) for name in names)
-                existing = run.derived.get(key)
-                if existing is not None:
-                    run.firings.append(Firing(rule=rule.id, inputs=inputs, output=str(existing["id"])))
-                    return
-                fact: dict[str, Scalar] = {**produces, "id": f"d{next(run.counter)}", "label": key[1]}
-                run.derived[key] = fact
-                run.firings.append(Firing(rule=rule.id, inputs=inputs, output=str(fact["id"])))
-                if not terminal:
-                    with contextlib.suppress(durable_engine.MessageNotHandledException):
-                        c.assert_fact({**fact, "sid": run.sid})
-            except BaseException as exc:  # the engine would swallow it; surface it instead
+                action(c, run)
+            except Exception as exc:
                 run.errors.append(exc)
 
-        return action
+        return guarded
+
+
+def _no_action(c: Any, run: _Run) -> None:
+    return None
 
 
 def _copy_definition(definition: dict[str, Any]) -> dict[str, Any]:

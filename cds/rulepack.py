@@ -334,7 +334,9 @@ def load_rule_pack(root: Path) -> RulePack:
         spec = _parse(TopicSpec, _read(root / rel, root), root / rel, root)
         if Path(rel).stem != spec.topic:
             raise RulePackError(
-                f"topic {spec.topic!r} must live in {spec.topic}.yaml", resource=rel, field="topic"
+                f"topic {spec.topic!r} must live in {spec.topic}.yaml",
+                resource=_display_path(root / rel, root),
+                field="topic",
             )
         topics[spec.topic] = Topic(spec=spec, order=order)
 
@@ -372,10 +374,11 @@ def _compile(pack: RulePack) -> tuple[CompiledRule, ...]:
     seen: set[str] = set()
     findings_made = {rule.then.get("finding") for rule in pack.findings if rule.then}
     sources: list[tuple[str, RuleSpec, TopicSpec | None]] = [
-        (pack.manifest.findings, rule, None) for rule in pack.findings
+        (_display_path(pack.root / pack.manifest.findings, pack.root), rule, None) for rule in pack.findings
     ]
     for rel, entry in zip(pack.manifest.topics, pack.topics.values(), strict=True):
-        sources.extend((rel, rule, entry.spec) for rule in entry.spec.rules)
+        shown = _display_path(pack.root / rel, pack.root)
+        sources.extend((shown, rule, entry.spec) for rule in entry.spec.rules)
 
     for rel, rule, topic in sources:
         where = f"rules.{_rule_index(rule, topic, pack)}"

@@ -1,0 +1,275 @@
+"""The durable_rules adapter: each measured engine hazard, shown on the raw engine, and its guard."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+import tomllib
+from typing import Any
+
+import pytest
+
+from cds.engine import MAX_LIVE_SESSIONS, RuleEngine, _Run, session_hash
+from cds.errors import EngineError
+from cds.facttypes import Fact
+from cds.rulepack import CompiledRule, RulePack
+from tests.conftest import ROOT
+
+# Two session ids with the same 32-bit FNV-1a hash (found by brute force over "c<n>").
+COLLIDING = ("c693596", "c1170850")
+
+RAW_HOST = """
+from durable import engine
+class Host(engine.Host):
+    def _run(self):
+        pass
+"""
+
+
+def run_raw(body: str) -> subprocess.CompletedProcess[str]:
+    """Run a snippet against the raw engine in a child process (some hazards kill the process)."""
+    code = RAW_HOST + textwrap.dedent(body)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def rule(rule_id: str, *patterns: dict[str, Any], finding: str | None = None) -> CompiledRule:
+    produces: dict[str, Any] = (
+        {"type": "finding", "name": finding} if finding else {"type": "cause", "topic": "t", "rule": rule_id}
+    )
+    return CompiledRule(id=rule_id, patterns=tuple(patterns), produces=produces)
+
+
+def answer(fact_id: str, number: Any) -> Fact:
+    return {"type": "answer", "id": fact_id, "label": fact_id, "item": "cramp-frequency", "number": number}
+
+
+def test_requires_python_stops_before_3_13() -> None:
+    """durable-rules 2.0.28 does not import on Python 3.13: the project must refuse to install there."""
+    spec = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert "<3.13" in spec.replace(" ", "")
+
+
+def test_engine_starts_no_background_threads(pack: RulePack) -> None:
+    before = {t.ident for t in threading.enumerate()}
+    engine = RuleEngine(pack.compiled)
+    engine.evaluate([answer("f1", 3)])
+    started = [t for t in threading.enumerate() if t.ident not in before]
+    assert started == []
+
+
+def test_raw_engine_segfaults_deleting_a_session_where_no_action_ran() -> None:
+    result = run_raw(
+        """
+        h = Host({"r": {"j": {"all": [{"a": {"type": "x"}}, {"b": {"type": "y"}}], "run": lambda c: None}}})
+        h.assert_fact("r", {"sid": "s1", "type": "x"})
+        h.delete_state("r", "s1")
+        """
+    )
+    assert result.returncode < 0  # killed by a signal (SIGSEGV)
+
+
+def test_sentinel_lets_state_be_deleted_when_no_rule_fires() -> None:
+    """The same half-matched join as above, through the adapter: the sentinel action makes it safe."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                """
+                from cds.engine import RuleEngine
+                from cds.rulepack import CompiledRule
+                rule = CompiledRule(id="j", patterns=({"$and": [{"type": "answer"}]}, {"$and": [{"type": "finding"}]}),
+                                    produces={"type": "cause", "topic": "t", "rule": "j"})
+                engine = RuleEngine([rule])
+                out = engine.evaluate([{"type": "answer", "id": "f1", "label": "x", "item": "i", "number": 1}])
+                print(len(out.firings), engine.live_sessions)
+                """
+            ),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0", "0"]
+
+
+def test_session_hash_is_the_engines_own_key() -> None:
+    """Facts asserted under one id are visible under a colliding id: our hash predicts the engine's."""
+    assert session_hash(COLLIDING[0]) == session_hash(COLLIDING[1])
+    result = run_raw(
+        f"""
+        h = Host({{"r": {{"j": {{"all": [{{"a": {{"type": "x"}}}}], "run": lambda c: None}}}}}})
+        h.assert_fact("r", {{"sid": "{COLLIDING[0]}", "type": "x", "n": 1}})
+        print(len(h.get_facts("r", "{COLLIDING[1]}")))
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "1"
+
+
+def test_new_session_id_skips_a_hash_that_is_live(pack: RulePack) -> None:
+    engine = RuleEngine(pack.compiled)
+    upcoming = f"s{next(engine._sids)}"
+    nxt = f"s{int(upcoming[1:]) + 1}"
+    engine._sids = iter(range(int(upcoming[1:]), 10**9))  # type: ignore[assignment]
+    engine._live[session_hash(upcoming)] = "someone-else"
+    assert engine._new_session_id() == nxt
+
+
+def test_raw_batch_with_an_unread_fact_raises_before_actions_run() -> None:
+    result = run_raw(
+        """
+        from durable.engine import MessageNotHandledException
+        fired = []
+        h = Host({"r": {"j": {"all": [{"a": {"type": "x"}}], "run": lambda c: fired.append(1)}}})
+        try:
+            h.assert_facts("r", [{"sid": "s1", "type": "x"}, {"sid": "s1", "type": "nobody-reads-this"}])
+        except MessageNotHandledException:
+            print("raised", len(fired))
+        """
+    )
+    assert result.stdout.strip() == "raised 0"
+
+
+def test_unread_facts_are_reported_and_do_not_stop_the_others(pack: RulePack) -> None:
+    engine = RuleEngine([rule("only-answers", {"$and": [{"type": "answer"}]})])
+    condition: Fact = {"type": "condition", "id": "f2", "label": "c", "group": "cramp"}
+    outcome = engine.evaluate([answer("f1", 2), condition])
+    assert [f.rule for f in outcome.firings] == ["only-answers"]
+    assert outcome.unread == ("f2",)
+
+
+def test_raw_engine_swallows_exceptions_in_actions() -> None:
+    result = run_raw(
+        """
+        h = Host({"r": {"j": {"all": [{"a": {"type": "x"}}], "run": lambda c: 1 / 0}}})
+        h.assert_fact("r", {"sid": "s1", "type": "x"})
+        print("no exception reached the caller")
+        """
+    )
+    assert result.stdout.strip() == "no exception reached the caller"
+
+
+class FailingEngine(RuleEngine):
+    def _make_action(self, rule: CompiledRule) -> Any:
+        def action(c: Any, run: _Run) -> None:
+            raise RuntimeError(f"action of {rule.id} failed")
+
+        return action
+
+
+def test_an_exception_in_an_action_is_raised_from_evaluate() -> None:
+    engine = FailingEngine([rule("boom", {"$and": [{"type": "answer"}]})])
+    with pytest.raises(EngineError, match="action of boom failed"):
+        engine.evaluate([answer("f1", 2)])
+    assert engine.live_sessions == 0
+
+
+def test_raw_none_fires_when_the_excluded_fact_comes_later_in_the_batch() -> None:
+    result = run_raw(
+        """
+        fired = []
+        h = Host({"r": {"j": {"all": [{"a": {"type": "x"}}, {"b$not": {"type": "y"}}], "run": lambda c: fired.append(1)}}})
+        h.assert_facts("r", [{"sid": "s1", "type": "x"}, {"sid": "s1", "type": "y"}])
+        print(len(fired))
+        """
+    )
+    assert result.stdout.strip() == "1"
+
+
+def test_absence_is_an_explicit_fact_not_a_negation(pack: RulePack) -> None:
+    """No compiled rule uses negation; 'no recent result' is matched as a lab fact with band none."""
+    assert not [r.id for r in pack.compiled for p in r.patterns if any(k.endswith("$not") for k in p)]
+    untested = next(r for r in pack.compiled if r.id == "workup.tsh-untested")
+    assert {"band": "none"} in untested.patterns[1]["$and"]
+
+
+def test_raw_registration_mutates_the_definition() -> None:
+    result = run_raw(
+        """
+        definition = {"r": {"j": {"all": [{"a": {"type": "x"}}], "run": lambda c: None}}}
+        Host(definition)
+        print("run" in definition["r"]["j"])
+        """
+    )
+    assert result.stdout.strip() == "False"
+
+
+def test_registration_leaves_our_definition_intact(pack: RulePack) -> None:
+    engine = RuleEngine(pack.compiled)
+    assert all("run" in body for body in engine.definition.values())
+    again = RuleEngine(pack.compiled)  # the compiled pack can be registered again
+    assert len(again.definition) == len(engine.definition)
+
+
+def test_live_sessions_are_deleted_after_each_evaluation(pack: RulePack) -> None:
+    engine = RuleEngine(pack.compiled)
+    for _ in range(MAX_LIVE_SESSIONS + 10):
+        engine.evaluate([answer("f1", 2)])
+    assert engine.live_sessions == 0
+
+
+def test_session_limit_is_refused_not_overrun(pack: RulePack) -> None:
+    engine = RuleEngine(pack.compiled)
+    engine._live.update({i: f"x{i}" for i in range(MAX_LIVE_SESSIONS)})
+    with pytest.raises(EngineError, match="too many live engine sessions"):
+        engine.evaluate([answer("f1", 2)])
+
+
+def test_raw_engine_coerces_types_loosely() -> None:
+    result = run_raw(
+        """
+        fired = []
+        h = Host({"r": {"j": {"all": [{"a": {"$gte": {"v": 0.3}}}], "run": lambda c: fired.append(1)}}})
+        h.assert_fact("r", {"sid": "s1", "v": "abc"})
+        print(len(fired))
+        """
+    )
+    assert result.stdout.strip() == "1"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param(answer("f1", "abc"), id="string-for-number"),
+        pytest.param(answer("f1", True), id="bool-for-number"),
+        pytest.param(answer("f1", float("nan")), id="nan"),
+        pytest.param(
+            {
+                "type": "lab",
+                "id": "f1",
+                "label": "x",
+                "analyte": "tsh",
+                "band": "high",
+                "value": float("inf"),
+            },
+            id="infinite-value",
+        ),
+        pytest.param({"type": "mystery", "id": "f1", "label": "x"}, id="unknown-type"),
+        pytest.param({"type": "answer", "id": "f1", "label": "x", "colour": "red"}, id="unknown-field"),
+    ],
+)
+def test_facts_are_type_checked_before_they_reach_the_engine(pack: RulePack, bad: Fact) -> None:
+    engine = RuleEngine(pack.compiled)
+    with pytest.raises(EngineError, match="refused"):
+        engine.evaluate([bad])
+    assert engine.live_sessions == 0
+
+
+def test_chaining_reaches_three_levels(pack: RulePack) -> None:
+    """answer -> finding (recurrent, older-adult) -> cause (seek-care), with each firing's inputs recorded."""
+    engine = RuleEngine(pack.compiled)
+    patient: Fact = {"type": "patient", "id": "f2", "label": "age 60", "age": 60}
+    outcome = engine.evaluate([answer("f1", 3), patient])
+    fired = {f.rule: f for f in outcome.firings}
+    seek = fired["seek-care.recurrent-older-adult"]
+    derived = {str(f["id"]): f for f in outcome.derived}
+    assert [derived[i]["name"] for i in seek.inputs] == ["cramp-context", "recurrent", "older-adult"]
+    assert fired["finding.older-adult"].inputs == ("f2",)
