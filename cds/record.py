@@ -146,6 +146,18 @@ def build_record(
             _read_condition(record, resource, pack, now)
         elif resource.type in {"MedicationRequest", "MedicationStatement"}:
             _read_medication(record, resource, pack, by_url, by_key)
+    # A Medication is read only through an order or statement of this patient; announce the rest.
+    targets = {
+        str(r.model.medicationReference.reference or "")
+        for r in mine
+        if r.type in {"MedicationRequest", "MedicationStatement"} and r.model.medicationReference is not None
+    }
+    used = {m.key for t in targets if (m := by_url.get(t) or by_key.get(reference_key(t) or "")) is not None}
+    unused = [r.key for r in resources if r.type == "Medication" and r.key not in used]
+    if unused:
+        record.notes.append(
+            f"{', '.join(unused)}: no medication order or statement of this patient refers to it; ignored"
+        )
     _read_answers(record, [r for r in mine if r.type == "QuestionnaireResponse"], pack)
     return record
 
