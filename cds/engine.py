@@ -10,7 +10,8 @@ guard has a test in tests/test_engine.py:
 - sessions are keyed by a 32-bit FNV-1a hash of the session id, so two ids can collide and share
   facts -> each new id is checked against the live ones;
 - `assert_facts` raises if any fact of a batch matches no rule, before the matched actions run ->
-  facts are asserted one at a time and "no rule reads this" is recorded, not raised;
+  facts are first matched against the rules' patterns here, and only facts some pattern reads go
+  into the one batch; the others are reported as unread, not raised;
 - exceptions inside actions are swallowed into the session state -> actions are wrapped and the
   first error is raised from `evaluate` as an EngineError;
 - `none(...)` fires when the fact arrives later in the same batch -> the rule language has no
@@ -27,7 +28,7 @@ import contextlib
 import copy
 import itertools
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,6 +102,15 @@ class RuleEngine:
                 "run": self._guard(self._make_action(rule)),
             }
         self.definition = definition
+        self._patterns_by_type: dict[str, list[dict[str, Any]]] = {}
+        self._fields_by_type: dict[str, tuple[str, ...]] = {}
+        self._read_memo: dict[tuple[Any, ...], bool] = {}
+        for rule in rules:
+            for pattern in rule.patterns:
+                kind = str(pattern["$and"][0]["type"])
+                self._patterns_by_type.setdefault(kind, []).append(pattern)
+                named = set(self._fields_by_type.get(kind, ())) | _fields_of(pattern)
+                self._fields_by_type[kind] = tuple(sorted(named))
         self._host = _QuietHost()
         # Registration deletes each rule's `run`: give it a copy and keep ours intact.
         self._host.set_rulesets({name: _copy_definition(definition)})
@@ -121,12 +131,17 @@ class RuleEngine:
             run = _Run(sid=sid)
             self._run = run
             self._live[session_hash(sid)] = sid
+            batch: list[dict[str, Scalar]] = [
+                {"type": "sentinel", "id": "sentinel", "label": "sentinel", "sid": sid}
+            ]
             unread: list[str] = []
+            for fact in facts:
+                if self._is_read(fact):
+                    batch.append({**fact, "sid": sid})
+                else:
+                    unread.append(str(fact["id"]))
             try:
-                self._assert({"type": "sentinel", "id": "sentinel", "label": "sentinel"}, sid)
-                for fact in facts:
-                    if not self._assert(fact, sid):
-                        unread.append(str(fact["id"]))
+                self._host.assert_facts(self._name, batch)
             finally:
                 try:
                     self._host.delete_state(self._name, sid)
@@ -147,13 +162,20 @@ class RuleEngine:
             if session_hash(sid) not in self._live:
                 return sid
 
-    def _assert(self, fact: Fact, sid: str) -> bool:
-        """Assert one fact; False when no rule reads it (the engine raises for that)."""
-        try:
-            self._host.assert_fact(self._name, {**fact, "sid": sid})
-        except durable_engine.MessageNotHandledException:
-            return False
-        return True
+    def _is_read(self, fact: Fact) -> bool:
+        """Does some rule pattern match this fact on its own? (The engine raises for a fact none reads.)
+
+        The answer depends only on the fields the patterns name, so it is remembered per combination.
+        """
+        kind = str(fact["type"])
+        key = (kind, *(fact.get(name) for name in self._fields_by_type.get(kind, ())))
+        known = self._read_memo.get(key)
+        if known is None:
+            known = any(matches(pattern, fact) for pattern in self._patterns_by_type.get(kind, ()))
+            if len(self._read_memo) > 4096:
+                self._read_memo.clear()
+            self._read_memo[key] = known
+        return known
 
     def _make_action(self, rule: CompiledRule) -> Callable[[Any, _Run], None]:
         names = [f"m{i}" for i in range(len(rule.patterns))]
@@ -189,6 +211,48 @@ class RuleEngine:
                 run.errors.append(exc)
 
         return guarded
+
+
+_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    "$lt": lambda a, b: a < b,
+    "$lte": lambda a, b: a <= b,
+    "$gt": lambda a, b: a > b,
+    "$gte": lambda a, b: a >= b,
+    "$neq": lambda a, b: a != b,
+}
+
+
+def matches(pattern: Mapping[str, Any], fact: Fact) -> bool:
+    """Evaluate one compiled pattern (`$and` of equalities, `$or` lists and comparisons) on a fact.
+
+    The facts are type-checked first, so a comparison never meets a value of the wrong type.
+    """
+    for term in pattern["$and"]:
+        ((key, operand),) = term.items()
+        if key == "$or":
+            if not any(fact.get(f) == v for alternative in operand for f, v in alternative.items()):
+                return False
+        elif key in _COMPARE:
+            ((name, bound),) = operand.items()
+            value = fact.get(name)
+            if value is None or isinstance(value, bool) or not _COMPARE[key](value, bound):
+                return False
+        elif fact.get(key) != operand or isinstance(fact.get(key), bool) != isinstance(operand, bool):
+            return False
+    return True
+
+
+def _fields_of(pattern: Mapping[str, Any]) -> set[str]:
+    names: set[str] = set()
+    for term in pattern["$and"]:
+        ((key, operand),) = term.items()
+        if key == "$or":
+            names.update(f for alternative in operand for f in alternative)
+        elif key in _COMPARE:
+            names.update(operand)
+        else:
+            names.add(key)
+    return names
 
 
 def _no_action(c: Any, run: _Run) -> None:

@@ -21,7 +21,14 @@ from cds.intake import (
     usable_prefetch,
     validate_entries,
 )
-from cds.record import PatientRecord, build_record, observation_wanted
+from cds.record import (
+    PatientRecord,
+    build_record,
+    condition_wanted,
+    latest_observations,
+    medication_wanted,
+    observation_wanted,
+)
 from cds.rulepack import RulePack
 
 
@@ -49,7 +56,13 @@ class Evaluator:
         self.pack = pack
         self.engine = RuleEngine(pack.compiled)
         self.new_id = new_id
-        self._wanted = {"Observation": observation_wanted(pack)}
+        medications = medication_wanted(pack)
+        self._wanted = {
+            "Observation": observation_wanted(pack),
+            "Condition": condition_wanted(pack),
+            "MedicationRequest": medications,
+            "MedicationStatement": medications,
+        }
 
     def evaluate_document(
         self, document: Any, *, now: datetime, topics: Collection[str] | None = None
@@ -92,7 +105,7 @@ class Evaluator:
         patient_id: str | None = None,
         topics: Collection[str] | None = None,
     ) -> Evaluation:
-        submission = validate_entries(entries, wanted=self._wanted)
+        submission = validate_entries(latest_observations(entries, self.pack, now), wanted=self._wanted)
         record = build_record(
             submission.resources, pack=self.pack, now=now, patient_id=patient_id, notes=submission.notes
         )

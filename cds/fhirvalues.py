@@ -53,6 +53,25 @@ def parse_fhir_datetime(value: object) -> datetime | None:
         return None
 
 
+def is_after(value: object, now: datetime) -> bool:
+    """Is a FHIR date/dateTime later than `now`? A value without a time (a date, "2024-05") is compared
+    by calendar date in `now`'s own zone, so a result dated today is never "in the future".
+
+        >>> from zoneinfo import ZoneInfo
+        >>> morning = datetime(2026, 6, 1, 8, tzinfo=ZoneInfo("Pacific/Auckland"))
+        >>> is_after("2026-06-01", morning), is_after("2026-06-01T10:00:00+12:00", morning)
+        (False, True)
+    """
+    if isinstance(value, datetime):
+        return as_utc(value) > now
+    text = value.isoformat() if isinstance(value, date) else str(value).strip()
+    if _PARTIAL_DATE.match(text):
+        start = parse_fhir_datetime(text)
+        return start is not None and start.date() > now.date()
+    parsed = parse_fhir_datetime(text)
+    return parsed is not None and parsed > now
+
+
 def subtract_months(moment: datetime, months: int) -> datetime:
     """The same clock time `months` calendar months earlier, clamped to the month's last day."""
     total = moment.year * 12 + (moment.month - 1) - months

@@ -42,6 +42,44 @@ MODELS: Final[dict[str, Any]] = {
     "Medication": Medication,
 }
 
+# What the normaliser reads of each type: the rest of a resource is dropped before validation, so
+# that narrative, identifiers and extensions that no rule reads cost nothing. Names ending in "*"
+# are choice types (value[x], effective[x], ...).
+READ_FIELDS: Final[dict[str, frozenset[str]]] = {
+    "Patient": frozenset({"id", "birthDate", "gender"}),
+    "Observation": frozenset(
+        {
+            "id",
+            "status",
+            "code",
+            "subject",
+            "effective*",
+            "issued",
+            "value*",
+            "interpretation",
+            "referenceRange",
+        }
+    ),
+    "Condition": frozenset({"id", "clinicalStatus", "verificationStatus", "code", "subject", "onset*"}),
+    "MedicationRequest": frozenset({"id", "status", "intent", "medication*", "subject", "contained"}),
+    "MedicationStatement": frozenset({"id", "status", "medication*", "subject", "contained"}),
+    "QuestionnaireResponse": frozenset(
+        {"id", "meta", "status", "questionnaire", "subject", "authored", "item"}
+    ),
+    "Medication": frozenset({"id", "code"}),
+}
+_EXACT = {kind: frozenset(f for f in fields if not f.endswith("*")) for kind, fields in READ_FIELDS.items()}
+_CHOICE = {kind: tuple(f[:-1] for f in fields if f.endswith("*")) for kind, fields in READ_FIELDS.items()}
+
+
+def project(resource: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    """The part of `resource` the rules read (plus resourceType), ready for validation."""
+    exact = _EXACT[kind]
+    choice = _CHOICE[kind]
+    kept = {k: v for k, v in resource.items() if k in exact or (choice and k.startswith(choice))}
+    kept["resourceType"] = kind
+    return kept
+
 
 @dataclass(frozen=True)
 class Resource:
@@ -200,7 +238,8 @@ def validate_entries(
 ) -> Submission:
     """Validate every readable resource; list the rest in the notes by type.
 
-    `wanted` filters resources before validation, e.g. Observations by analyte code (see normalise).
+    `wanted` filters resources before validation, e.g. Observations by analyte code (see normalise),
+    and each kept resource is validated on the fields the rules read (`READ_FIELDS`).
     """
     submission = Submission()
     ignored: dict[str, int] = {}
@@ -217,7 +256,7 @@ def validate_entries(
             continue
         label = resource_label(resource, where)
         try:
-            model = model_type.model_validate(resource)
+            model = model_type.model_validate(project(resource, kind))
         except ValidationError as exc:
             raise _fhir_error(exc, label) from None
         except (ValueError, TypeError) as exc:

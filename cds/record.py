@@ -14,6 +14,7 @@ from typing import Any
 from cds.errors import PatientError
 from cds.fhirvalues import (
     age_in_years,
+    is_after,
     parse_fhir_datetime,
     reference_key,
     start_of_day,
@@ -107,6 +108,104 @@ def observation_wanted(pack: RulePack) -> Any:
         return any(isinstance(c, dict) and (c.get("system"), c.get("code")) in codes for c in codings)
 
     return wanted
+
+
+def latest_observations(
+    entries: Sequence[tuple[str, Mapping[str, Any], str]], pack: RulePack, now: datetime
+) -> list[tuple[str, Mapping[str, Any], str]]:
+    """Drop Observations that a later final result of the same analyte and subject supersedes.
+
+    Only the latest result per analyte is read, so only it needs validating; on a Synthea-sized
+    record this removes most of the validation work. Everything the raw data does not settle (an
+    unreadable status or date) is kept, so validation still reports it.
+    """
+    codes = pack.analyte_by_code
+    best: dict[tuple[Any, str], tuple[datetime, int]] = {}
+    drop: set[int] = set()
+    for index, (_, resource, _) in enumerate(entries):
+        if (
+            resource.get("resourceType") != "Observation"
+            or resource.get("status") not in OBSERVATION_STATUSES
+        ):
+            continue
+        analyte = next((codes[p] for p in _raw_codings(resource.get("code")) if p in codes), None)
+        raw = _raw_time(resource)
+        when = parse_fhir_datetime(raw) if isinstance(raw, str) else None
+        if analyte is None or when is None or is_after(raw, now):
+            continue
+        subject = resource.get("subject")
+        key = (subject.get("reference") if isinstance(subject, dict) else None, analyte)
+        current = best.get(key)
+        if current is None or when > current[0]:
+            if current is not None:
+                drop.add(current[1])
+            best[key] = (when, index)
+        else:
+            drop.add(index)
+    return [entry for index, entry in enumerate(entries) if index not in drop]
+
+
+def _raw_time(resource: Mapping[str, Any]) -> Any:
+    """The raw effective (else issued) value of an unvalidated Observation, as `_observation_time` reads it."""
+    period = resource.get("effectivePeriod")
+    for value in (
+        resource.get("effectiveDateTime"),
+        resource.get("effectiveInstant"),
+        (period.get("end") or period.get("start")) if isinstance(period, dict) else None,
+    ):
+        if value is not None:
+            return value
+    return resource.get("issued")
+
+
+def condition_wanted(pack: RulePack) -> Any:
+    """Pre-validation filter: does this raw Condition carry a code of some value set?"""
+    exact = {(c.system, c.code) for vs in pack.valuesets.conditions.values() for c in vs.codes}
+    prefixes = [(p.system, p.prefix) for vs in pack.valuesets.conditions.values() for p in vs.prefixes]
+
+    def wanted(resource: Mapping[str, Any]) -> bool:
+        for system, code in _raw_codings(resource.get("code")):
+            if (system, code) in exact:
+                return True
+            if isinstance(code, str) and any(system == s and _prefix_match(code, p) for s, p in prefixes):
+                return True
+        return False
+
+    return wanted
+
+
+def medication_wanted(pack: RulePack) -> Any:
+    """Pre-validation filter: a coded or named medication of some value set, or one by reference."""
+    exact = {(c.system, c.code) for vs in pack.valuesets.medications.values() for c in vs.codes}
+    names = [name for vs in pack.valuesets.medications.values() for name in vs.text]
+
+    def wanted(resource: Mapping[str, Any]) -> bool:
+        if "medicationReference" in resource:
+            return True
+        concept = resource.get("medicationCodeableConcept")
+        if any(pair in exact for pair in _raw_codings(concept)):
+            return True
+        text = _raw_text(concept).lower()
+        return any(name in text for name in names)
+
+    return wanted
+
+
+def _raw_codings(concept: Any) -> list[tuple[Any, Any]]:
+    codings = concept.get("coding") if isinstance(concept, dict) else None
+    if not isinstance(codings, list):
+        return []
+    return [(c.get("system"), c.get("code")) for c in codings if isinstance(c, dict)]
+
+
+def _raw_text(concept: Any) -> str:
+    if not isinstance(concept, dict):
+        return ""
+    parts = [concept.get("text")]
+    codings = concept.get("coding")
+    if isinstance(codings, list):
+        parts += [c.get("display") for c in codings if isinstance(c, dict)]
+    return " ".join(p for p in parts if isinstance(p, str))
 
 
 def build_record(
@@ -224,11 +323,12 @@ def _read_labs(
         analyte_name = _analyte_of(obs, pack)
         if analyte_name is None:
             continue
-        when = _observation_time(obs)
+        raw = _observation_time(obs)
+        when = parse_fhir_datetime(raw)
         if when is None:
             record.notes.append(f"{resource.key} has no effective or issued time; not counted as recent")
             continue
-        if when > now:
+        if is_after(raw, now):
             record.notes.append(f"{resource.key} is dated after the evaluation time; ignored")
             continue
         analyte = pack.analytes[analyte_name]
@@ -250,14 +350,15 @@ def _analyte_of(obs: Any, pack: RulePack) -> str | None:
     return None
 
 
-def _observation_time(obs: Any) -> datetime | None:
+def _observation_time(obs: Any) -> Any:
+    """The effective time (else issued) as FHIR gave it: a datetime, a date or a partial date string."""
     if obs.effectiveDateTime is not None:
-        return parse_fhir_datetime(obs.effectiveDateTime)
+        return obs.effectiveDateTime
     if obs.effectiveInstant is not None:
-        return parse_fhir_datetime(obs.effectiveInstant)
+        return obs.effectiveInstant
     if obs.effectivePeriod is not None:
-        return parse_fhir_datetime(obs.effectivePeriod.end or obs.effectivePeriod.start)
-    return parse_fhir_datetime(obs.issued)
+        return obs.effectivePeriod.end or obs.effectivePeriod.start
+    return obs.issued
 
 
 def _lab_result(
@@ -467,18 +568,19 @@ def _read_condition(record: PatientRecord, resource: Resource, pack: RulePack, n
         if cond.onsetDateTime is not None
         else (parse_fhir_datetime(cond.onsetPeriod.start) if cond.onsetPeriod is not None else None)
     )
-    display = _concept_text(cond.code).split("  ")[0] or "condition"
-    for group, vs in pack.valuesets.conditions.items():
-        exact = {(c.system, c.code) for c in vs.codes}
-        if any((s, c) in exact for s, c, _ in codes) or any(
-            s == p.system and c is not None and _prefix_match(c, p.prefix)
-            for s, c, _ in codes
-            for p in vs.prefixes
-        ):
-            months = whole_months_between(onset, now) if onset is not None else None
-            record.conditions.append(
-                Hit(group=group, ref=resource.key, display=_short(cond.code, display), onset_months=months)
-            )
+    exact, prefixes = pack.condition_index
+    groups: dict[str, None] = {}
+    for system, code, _ in codes:
+        if system is None or code is None:
+            continue
+        groups.update(dict.fromkeys(exact.get((system, code), ())))
+        groups.update(dict.fromkeys(g for s, p, g in prefixes if s == system and _prefix_match(code, p)))
+    if not groups:
+        return
+    months = whole_months_between(onset, now) if onset is not None else None
+    display = _short(cond.code, "condition")
+    for group in groups:
+        record.conditions.append(Hit(group=group, ref=resource.key, display=display, onset_months=months))
 
 
 def _prefix_match(code: str, prefix: str) -> bool:
@@ -544,13 +646,17 @@ def _match_medication(
     text: str,
     display: str,
 ) -> None:
+    exact, names = pack.medication_index
     lowered = text.lower()
-    for group, vs in pack.valuesets.medications.items():
-        exact = {(c.system, c.code) for c in vs.codes}
-        by_code = any((s, c) in exact for s, c, _ in codes)
-        by_text = any(re.search(rf"\b{re.escape(name)}\b", lowered) for name in vs.text)
-        if by_code or by_text:
-            record.medications.append(Hit(group=group, ref=resource.key, display=display))
+    groups: dict[str, None] = {}
+    for system, code, _ in codes:
+        if system is not None and code is not None:
+            groups.update(dict.fromkeys(exact.get((system, code), ())))
+    for name, group in names:
+        if group not in groups and name in lowered and re.search(rf"\b{re.escape(name)}\b", lowered):
+            groups[group] = None
+    for group in groups:
+        record.medications.append(Hit(group=group, ref=resource.key, display=display))
 
 
 # --- Questionnaire answers ------------------------------------------------------------------------

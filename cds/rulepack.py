@@ -269,6 +269,30 @@ class RulePack:
     def analyte_by_code(self) -> dict[tuple[str, str], str]:
         return {(c.system, c.code): name for name, a in self.analytes.items() for c in a.codes}
 
+    @cached_property
+    def condition_index(
+        self,
+    ) -> tuple[dict[tuple[str, str], tuple[str, ...]], tuple[tuple[str, str, str], ...]]:
+        """(system, code) -> condition groups, and (system, prefix, group) for ICD-10-CM families."""
+        exact: dict[tuple[str, str], tuple[str, ...]] = {}
+        prefixes: list[tuple[str, str, str]] = []
+        for group, vs in self.valuesets.conditions.items():
+            for c in vs.codes:
+                exact[(c.system, c.code)] = (*exact.get((c.system, c.code), ()), group)
+            prefixes.extend((p.system, p.prefix, group) for p in vs.prefixes)
+        return exact, tuple(prefixes)
+
+    @cached_property
+    def medication_index(self) -> tuple[dict[tuple[str, str], tuple[str, ...]], tuple[tuple[str, str], ...]]:
+        """(system, code) -> medication groups, and (name, group) for matching on text."""
+        exact: dict[tuple[str, str], tuple[str, ...]] = {}
+        names: list[tuple[str, str]] = []
+        for group, vs in self.valuesets.medications.items():
+            for c in vs.codes:
+                exact[(c.system, c.code)] = (*exact.get((c.system, c.code), ()), group)
+            names.extend((name, group) for name in vs.text)
+        return exact, tuple(names)
+
     def order_codes(self) -> dict[str, tuple[str, ...]]:
         """LOINC codes per analyte, for prefetch templates."""
         return {name: tuple(c.code for c in a.codes) for name, a in self.analytes.items()}
