@@ -1,0 +1,159 @@
+"""Build the FastAPI app: routers, the error mapping, middleware, and what lives for the app's lifetime.
+
+uvicorn --factory cds.api.app:factory     # settings from the CDS_* environment
+create_app(Settings(...), store=..., clock=...)   # tests pass their own
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware.cors import CORSMiddleware
+
+from cds.api import discovery, evaluate, feedback, health, problems, services
+from cds.api.catalog import build_catalog
+from cds.api.deps import Runtime
+from cds.api.middleware import BodyLimit, CatchAll, RequestLog
+from cds.api.models import request_schemas
+from cds.evaluation import Evaluator
+from cds.logs import log_event
+from cds.metrics import Metrics
+from cds.rulepack import load_rule_pack
+from cds.security import TokenVerifier, load_trusted_issuers, now_utc
+from cds.settings import Settings
+from cds.store import Store
+
+logger = logging.getLogger("cds.api")
+
+DEV_WARNING = (
+    "DEVELOPMENT MODE: JWT AUTHENTICATION IS OFF. Anyone who can reach this port can read cards. "
+    "Bound to 127.0.0.1 only; never use --dev with real patient data."
+)
+
+
+def build_verifier(settings: Settings, store: Store, clock: Callable[[], datetime]) -> TokenVerifier:
+    """The JWT verifier for the trusted-issuers file; jti replay is checked in the store, so across workers."""
+    if settings.trusted_issuers is None:
+        raise ValueError("CDS_TRUSTED_ISSUERS must name the trusted-issuers file outside --dev")
+
+    def replay_guard(iss: str, jti: str, expires_at: datetime) -> bool:
+        return store.remember_jti(iss=iss, jti=jti, expires_at=expires_at, now=clock())
+
+    return TokenVerifier(
+        load_trusted_issuers(settings.trusted_issuers),
+        replay_guard=replay_guard,
+        leeway_seconds=settings.jwt_leeway_seconds,
+        clock=clock,
+    )
+
+
+def create_app(
+    settings: Settings,
+    *,
+    evaluator: Evaluator | None = None,
+    store: Store | None = None,
+    verifier: TokenVerifier | None = None,
+    http_client: httpx.AsyncClient | None = None,
+    clock: Callable[[], datetime] = now_utc,
+) -> FastAPI:
+    """The service. A broken rule pack or trusted-issuers file raises here, naming the file and field.
+
+    What the caller passes in it keeps owning (and closes); what is built here is closed at shutdown.
+    `clock` gives the evaluation time, the time cards are issued and the JWT verifier's now.
+    """
+    evaluator = evaluator or Evaluator(load_rule_pack(settings.rules_dir))
+    owns_store = store is None
+    store = store or Store(settings.database_url)
+    if settings.dev:
+        verifier = None
+    elif verifier is None:
+        verifier = build_verifier(settings, store, clock)
+    runtime = Runtime(
+        settings=settings,
+        evaluator=evaluator,
+        store=store,
+        verifier=verifier,
+        metrics=Metrics(),
+        services=build_catalog(evaluator.pack),
+        clock=clock,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(runtime.store.migrate)
+        client = http_client or httpx.AsyncClient(follow_redirects=False, trust_env=False)
+        runtime.http = client
+        if settings.dev:
+            log_event(logger, DEV_WARNING, level=logging.WARNING)
+        pack = evaluator.pack
+        log_event(
+            logger,
+            "service.start",
+            rulePack=f"{pack.manifest.id} {pack.version}",
+            services=sorted(runtime.services),
+            auth="off (--dev)" if runtime.verifier is None else "jwt",
+            store=runtime.store.engine.dialect.name,
+        )
+        try:
+            yield
+        finally:
+            runtime.http = None
+            if http_client is None:
+                await client.aclose()
+            if owns_store:
+                runtime.store.close()
+
+    app = FastAPI(
+        title="cramp-cds",
+        version=evaluator.pack.version,
+        summary="CDS Hooks 2.0 decision support: why muscle cramps persist after calcium supplements.",
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    problems.install(app)
+    for router in (discovery.router, services.router, feedback.router, evaluate.router, health.router):
+        app.include_router(router)
+    # add_middleware wraps what is already there: the last one added sees the request first.
+    app.add_middleware(CatchAll)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestLog, metrics=runtime.metrics)
+    if settings.cors_origins:
+        # https://cds-hooks.hl7.org/2.0/#cross-origin-resource-sharing (e.g. the browser-based sandbox)
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=600,
+        )
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            # Client errors are answered 400 with an OperationOutcome (cds.api.problems), never 422.
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    operation.get("responses", {}).pop("422", None)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for name in ("HTTPValidationError", "ValidationError"):
+                components.pop(name, None)
+            for name, definition in request_schemas().items():
+                components.setdefault(name, definition)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def factory() -> FastAPI:
+    """Entry point for `uvicorn --factory` (and so for every worker): settings from the environment."""
+    return create_app(Settings())

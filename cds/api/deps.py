@@ -1,0 +1,102 @@
+"""What a request handler needs, as `Annotated` dependencies: the runtime, the caller's token, the service, the body."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated
+
+import httpx
+from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
+
+from cds.api.catalog import ServiceSpec
+from cds.errors import UnknownServiceError
+from cds.evaluation import Evaluator
+from cds.logs import log_event
+from cds.metrics import Metrics
+from cds.security import AuthError, Claims, TokenVerifier
+from cds.settings import Settings
+from cds.store import Store
+
+logger = logging.getLogger("cds.api")
+
+
+@dataclass
+class Runtime:
+    """Everything one app instance shares between requests; built by cds.api.app.create_app."""
+
+    settings: Settings
+    evaluator: Evaluator
+    store: Store
+    verifier: TokenVerifier | None  # None only with --dev
+    metrics: Metrics
+    services: dict[str, ServiceSpec]
+    clock: Callable[[], datetime]
+    http: httpx.AsyncClient | None = None  # set by the lifespan (bound to the server's event loop)
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self.http is None:
+            raise RuntimeError("the app's HTTP client exists only while the app is running")
+        return self.http
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def endpoint_url(request: Request, settings: Settings) -> str:
+    """The URL the client called, as the JWT `aud` must name it: public_base_url + path when configured."""
+    if settings.public_base_url:
+        return settings.public_base_url.rstrip("/") + request.url.path
+    return str(request.url.replace(query="", fragment=""))
+
+
+async def authenticate(request: Request, runtime: RuntimeDep) -> Claims | None:
+    """Verify `Authorization: Bearer <JWT>` (https://cds-hooks.hl7.org/2.0/#trusting-cds-clients).
+
+    Runs in the thread pool: the replay check writes to the store and a JWKS URL may be fetched.
+    """
+    if runtime.verifier is None:
+        return None
+    header = request.headers.get("authorization")
+    audience = endpoint_url(request, runtime.settings)
+    try:
+        claims = await run_in_threadpool(runtime.verifier.verify, header, audience=audience)
+    except AuthError as exc:
+        # Only the short reason code: never the token, its claims, or the detail text.
+        request.state.error_reason = f"auth:{exc.reason}"
+        raise
+    log_event(logger, "auth.ok", level=logging.DEBUG, iss=claims.iss)
+    return claims
+
+
+ClientDep = Annotated[Claims | None, Depends(authenticate)]
+
+
+def get_service(service_id: str, runtime: RuntimeDep, request: Request) -> ServiceSpec:
+    service = runtime.services.get(service_id)
+    if service is None:
+        raise UnknownServiceError(
+            f"no CDS service {service_id!r}; GET /cds-services lists them", field="path.service_id"
+        )
+    request.state.service_id = service.id
+    return service
+
+
+ServiceDep = Annotated[ServiceSpec, Depends(get_service)]
+
+
+async def read_body(request: Request) -> bytes:
+    """The whole body; cds.api.middleware.BodyLimit stops it at the configured size with a 413."""
+    return await request.body()
+
+
+BodyDep = Annotated[bytes, Depends(read_body)]

@@ -1,0 +1,15 @@
+"""JSON responses serialised with orjson (the cards are plain dicts; no second validation on the way out)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+
+class JsonResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)

@@ -1,0 +1,116 @@
+"""POST /cds-services/{id}: call a CDS service on its hook (https://cds-hooks.hl7.org/2.0/#calling-a-cds-service)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+
+from cds.api.catalog import ServiceSpec
+from cds.api.deps import BodyDep, ClientDep, Runtime, RuntimeDep, ServiceDep
+from cds.api.models import CardsResponse, HookRequestBody, request_body
+from cds.api.orders import CALCIUM_SET, Entry, calcium_drafts
+from cds.api.problems import documented
+from cds.api.responses import JsonResponse
+from cds.errors import ShapeError
+from cds.fhirclient import FhirFetchError
+from cds.intake import HookRequest, load_json, read_hook_request
+from cds.prefetch import resolve_prefetch
+from cds.store import IssuedCard, patient_hash
+
+logger = logging.getLogger("cds.api")
+router = APIRouter(tags=["CDS Hooks"])
+MAX_ID_LENGTH = 255  # the store's column; a hookInstance is a UUID
+
+
+@router.post(
+    "/cds-services/{service_id}",
+    response_model=CardsResponse,
+    responses=documented(400, 401, 404, 412, 413, 503),
+    openapi_extra=request_body(HookRequestBody),
+    summary="Call a CDS service",
+)
+async def call_service(
+    request: Request, runtime: RuntimeDep, client: ClientDep, service: ServiceDep, body: BodyDep
+) -> JsonResponse:
+    """Cards for the hook's patient; the cards are recorded (patient id as a keyed hash) for feedback.
+
+    `cramp-assessment` (patient-view) evaluates every topic. `calcium-order-check` (order-sign) answers
+    `{"cards": []}` unless `context.draftOrders` holds a calcium supplement MedicationRequest; then it
+    evaluates with that order counted as active and returns the cause cards only.
+    """
+    hook = read_hook_request(load_json(body))
+    if len(hook.hook_instance) > MAX_ID_LENGTH:
+        raise ShapeError(f"must be at most {MAX_ID_LENGTH} characters (a UUID)", field="hookInstance")
+    request.state.hook_instance = hook.hook_instance
+    if hook.hook != service.hook:
+        raise ShapeError(
+            f"service {service.id} answers the {service.hook} hook, not {hook.hook}", field="hook"
+        )
+    extra: list[Entry] = []
+    if service.hook == "order-sign":
+        if "draftOrders" not in hook.context:
+            raise ShapeError("order-sign needs the orders being signed", field="context.draftOrders")
+        calcium = runtime.evaluator.pack.valuesets.medications[CALCIUM_SET]
+        extra = calcium_drafts(
+            hook.context["draftOrders"], calcium, patient_id=str(hook.context["patientId"])
+        )
+        if not extra:
+            request.state.card_count = 0
+            return JsonResponse({"cards": []})
+    prefetch = await _prefetch(runtime, service, hook)
+    cards = await run_in_threadpool(_issue, runtime, service, hook, prefetch, extra, runtime.clock())
+    request.state.card_count = len(cards)
+    return JsonResponse({"cards": cards})
+
+
+async def _prefetch(runtime: Runtime, service: ServiceSpec, hook: HookRequest) -> dict[str, Any]:
+    try:
+        resolved = await resolve_prefetch(
+            hook, service.prefetch, client=runtime.client, budget_seconds=runtime.settings.fhir_budget_seconds
+        )
+    except FhirFetchError as exc:
+        runtime.metrics.prefetch_fetches.labels(key=exc.key, result=exc.reason).inc()
+        raise
+    for key in resolved.fetched:
+        runtime.metrics.prefetch_fetches.labels(key=key, result="ok").inc()
+    return resolved.data
+
+
+def _issue(
+    runtime: Runtime,
+    service: ServiceSpec,
+    hook: HookRequest,
+    prefetch: Mapping[str, Any],
+    extra: list[Entry],
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """Evaluate and record the cards before they leave (sync: runs in the thread pool)."""
+    patient_id = str(hook.context["patientId"])
+    evaluation = runtime.evaluator.evaluate_prefetch(
+        prefetch, patient_id=patient_id, now=now, topics=service.topics, extra=extra
+    )
+    issued = [_issued(card) for card in evaluation.cards]
+    runtime.store.record_cards(
+        service_id=service.id,
+        hook_instance=hook.hook_instance,
+        patient_hash=patient_hash(runtime.settings.patient_hash_key.encode(), patient_id),
+        pack_version=runtime.evaluator.pack.version,
+        cards=issued,
+        issued_at=now,
+    )
+    runtime.metrics.count_cards(service.id, (card.topic for card in issued))
+    return evaluation.cards
+
+
+def _issued(card: Mapping[str, Any]) -> IssuedCard:
+    explanation = card.get("extension", {}).get("cramp-cds-explanation", {})
+    return IssuedCard(
+        uuid=str(card["uuid"]),
+        topic=str(card["source"]["topic"]["code"]),
+        rule_ids=tuple(str(r["rule"]) for r in explanation.get("rules", [])),
+    )
