@@ -33,6 +33,11 @@ test: lint typecheck unit
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
 
+# The benchmarks of bench/README.md; writes bench/results/latest.md and latest.json (about 20 minutes).
+bench: $(STAMP)
+	@command -v hey >/dev/null || { echo "make bench: installing the load tool hey (apt-get)"; apt-get install -y -q hey; }
+	$(BIN)/python -m bench.run
+
 # Regenerate the compiled-rules golden file after a deliberate rule change; review the diff.
 goldens: $(STAMP)
 	$(BIN)/cds rules compile > tests/golden/compiled-rules.json
