@@ -1,0 +1,191 @@
+"""JWT authentication of CDS clients over HTTP (https://cds-hooks.hl7.org/2.0/#trusting-cds-clients).
+
+Real keys, a real trusted-issuers file, tokens minted per test; every failure is a bare 401.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from cds.evaluation import Evaluator
+from cds.rulepack import RulePack
+from tests.support.api import NOW, Api, Issuer, dev_settings, hook_request, running, secure_settings
+
+SERVICE = "/cds-services/cramp-assessment"
+
+
+@pytest.fixture(scope="module")
+def issuer() -> Issuer:
+    return Issuer()
+
+
+@pytest.fixture
+def api(tmp_path: Path, pack: RulePack, issuer: Issuer) -> Iterator[Api]:
+    with running(secure_settings(tmp_path, issuer), evaluator=Evaluator(pack)) as api:
+        yield api
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def assert_401(response: Any) -> None:
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert response.json() == {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "login", "diagnostics": "authentication failed"}],
+    }
+
+
+def test_a_good_token_is_accepted_on_the_service(api: Api, issuer: Issuer) -> None:
+    token = issuer.token(api.url(SERVICE), now=NOW)
+    response = api.client.post(SERVICE, json=hook_request(), headers=bearer(token))
+    assert response.status_code == 200
+    assert response.json()["cards"]
+
+
+def test_a_good_token_is_accepted_on_discovery(api: Api, issuer: Issuer) -> None:
+    token = issuer.token(api.url("/cds-services"), now=NOW)
+    assert api.client.get("/cds-services", headers=bearer(token)).status_code == 200
+
+
+def test_a_good_token_is_accepted_on_feedback(api: Api, issuer: Issuer) -> None:
+    card = api.client.post(
+        SERVICE, json=hook_request(), headers=bearer(issuer.token(api.url(SERVICE), now=NOW))
+    ).json()["cards"][0]
+    feedback = {
+        "feedback": [{"card": card["uuid"], "outcome": "accepted", "outcomeTimestamp": NOW.isoformat()}]
+    }
+    token = issuer.token(api.url(SERVICE + "/feedback"), now=NOW)
+    assert api.client.post(SERVICE + "/feedback", json=feedback, headers=bearer(token)).status_code == 200
+
+
+def test_a_good_token_is_accepted_on_evaluate(api: Api, issuer: Issuer) -> None:
+    token = issuer.token(api.url("/evaluate"), now=NOW)
+    response = api.client.post("/evaluate", json=hook_request(), headers=bearer(token))
+    assert response.status_code == 200
+
+
+Minter = Callable[[Issuer, str], dict[str, str]]
+
+FAILURES: dict[str, Minter] = {
+    "missing": lambda issuer, aud: {},
+    "not-bearer": lambda issuer, aud: {"Authorization": "Basic dXNlcjpwYXNz"},
+    "not-a-jwt": lambda issuer, aud: bearer("not.a.jwt"),
+    "expired": lambda issuer, aud: bearer(
+        issuer.token(aud, now=NOW - timedelta(minutes=30), lifetime=timedelta(minutes=5))
+    ),
+    "issued-in-the-future": lambda issuer, aud: bearer(issuer.token(aud, now=NOW + timedelta(hours=1))),
+    "wrong-audience": lambda issuer, aud: bearer(
+        issuer.token("https://other.example.org/cds-services/x", now=NOW)
+    ),
+    "audience-of-another-endpoint": lambda issuer, aud: bearer(issuer.token(aud + "/feedback", now=NOW)),
+    "unknown-issuer": lambda issuer, aud: bearer(issuer.token(aud, now=NOW, iss="https://evil.example.org")),
+    "bad-signature": lambda issuer, aud: bearer(
+        issuer.token(aud, now=NOW, key=ec.generate_private_key(ec.SECP384R1()))
+    ),
+    "tampered-payload": lambda issuer, aud: bearer(_tamper(issuer.token(aud, now=NOW))),
+    "alg-none": lambda issuer, aud: bearer(
+        jwt.encode(
+            {
+                "iss": issuer.iss,
+                "sub": "x",
+                "aud": aud,
+                "iat": int(NOW.timestamp()),
+                "exp": int(NOW.timestamp()) + 300,
+                "jti": "n",
+            },
+            None,
+            algorithm="none",
+            headers={"kid": issuer.kid},
+        )
+    ),
+    "alg-hs256": lambda issuer, aud: bearer(
+        issuer.token(aud, now=NOW, key="shared-secret-" * 4, alg="HS256")
+    ),
+    "unknown-kid": lambda issuer, aud: bearer(issuer.token(aud, now=NOW, kid="other-key")),
+    "lifetime-too-long": lambda issuer, aud: bearer(issuer.token(aud, now=NOW, lifetime=timedelta(days=2))),
+}
+
+
+def _tamper(token: str) -> str:
+    header, payload, signature = token.split(".")
+    claims = jwt.utils.base64url_decode(payload.encode())
+    changed = claims.replace(b'"sub":"cds-client"', b'"sub":"cds-admin!"')
+    return ".".join([header, jwt.utils.base64url_encode(changed).decode(), signature])
+
+
+@pytest.mark.parametrize("failure", list(FAILURES), ids=list(FAILURES))
+@pytest.mark.parametrize("path", [SERVICE, "/cds-services"], ids=["service", "discovery"])
+def test_every_bad_token_is_401(api: Api, issuer: Issuer, failure: str, path: str) -> None:
+    headers = FAILURES[failure](issuer, api.url(path))
+    if path == SERVICE:
+        response = api.client.post(path, json=hook_request(), headers=headers)
+    else:
+        response = api.client.get(path, headers=headers)
+    assert_401(response)
+
+
+def test_a_replayed_jti_is_401(api: Api, issuer: Issuer) -> None:
+    token = issuer.token(api.url(SERVICE), now=NOW)
+    assert api.client.post(SERVICE, json=hook_request(), headers=bearer(token)).status_code == 200
+    assert_401(api.client.post(SERVICE, json=hook_request(), headers=bearer(token)))
+
+
+def test_replay_is_caught_across_app_instances_sharing_the_store(
+    tmp_path: Path, pack: RulePack, issuer: Issuer
+) -> None:
+    """Two workers share the store, so a token used on one is refused by the other."""
+    settings = secure_settings(tmp_path, issuer, public_base_url="https://cds.example.org")
+    with (
+        running(settings, evaluator=Evaluator(pack)) as one,
+        running(settings, evaluator=Evaluator(pack)) as two,
+    ):
+        token = issuer.token("https://cds.example.org/cds-services", now=NOW)
+        assert one.client.get("/cds-services", headers=bearer(token)).status_code == 200
+        assert_401(two.client.get("/cds-services", headers=bearer(token)))
+
+
+def test_audience_is_the_public_base_url_when_set(tmp_path: Path, pack: RulePack, issuer: Issuer) -> None:
+    settings = secure_settings(tmp_path, issuer, public_base_url="https://cds.example.org/")
+    with running(settings, evaluator=Evaluator(pack)) as api:
+        good = issuer.token("https://cds.example.org/cds-services", now=NOW)
+        assert api.client.get("/cds-services", headers=bearer(good)).status_code == 200
+        local = issuer.token(api.url("/cds-services"), now=NOW)
+        assert_401(api.client.get("/cds-services", headers=bearer(local)))
+
+
+def test_failures_are_logged_by_reason_never_with_the_token(
+    api: Api, issuer: Issuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = issuer.token(api.url(SERVICE), now=NOW - timedelta(hours=1))
+    with caplog.at_level(logging.INFO, logger="cds"):
+        assert_401(api.client.post(SERVICE, json=hook_request(), headers=bearer(token)))
+    lines = [r for r in caplog.records if r.name.startswith("cds")]
+    assert any(getattr(r, "cds_fields", {}).get("error") == "auth:expired" for r in lines)
+    assert all(token not in repr(getattr(r, "cds_fields", {})) + r.getMessage() for r in lines)
+
+
+def test_health_and_metrics_need_no_token(api: Api) -> None:
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert api.client.get(path).status_code == 200
+
+
+def test_dev_mode_needs_no_token_and_warns(
+    tmp_path: Path, pack: RulePack, caplog: pytest.LogCaptureFixture
+) -> None:
+    with (
+        caplog.at_level(logging.WARNING, logger="cds"),
+        running(dev_settings(tmp_path), evaluator=Evaluator(pack)) as api,
+    ):
+        assert api.client.post(SERVICE, json=hook_request()).status_code == 200
+    assert any("AUTHENTICATION IS OFF" in r.getMessage() for r in caplog.records)
