@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# The service on the embedded default (SQLite under var/, no authentication, 127.0.0.1 only);
+# it prints its URL and a curl call that returns cards for fixtures/hook-request.json.
 run: $(STAMP)
-	$(BIN)/cds demo fixtures
+	$(BIN)/cds serve --dev
 
 lint: $(STAMP)
 	$(BIN)/ruff check cds tests bench

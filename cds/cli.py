@@ -168,3 +168,106 @@ def demo(directory: Path) -> None:
                 click.echo(f"            -> {suggestion['label']}")
             rules_fired = ", ".join(r["rule"] for r in card["extension"]["cramp-cds-explanation"]["rules"])
             click.echo(click.style(f"            rules: {rules_fired}", dim=True))
+
+
+@main.command()
+@click.option("--host", help="Interface to bind (default 127.0.0.1, or CDS_HOST).")
+@click.option("--port", type=click.IntRange(1, 65535), help="Port (default 8000, or CDS_PORT).")
+@click.option("--workers", type=click.IntRange(1, 64), help="Worker processes (default 1, or CDS_WORKERS).")
+@click.option(
+    "--dev", is_flag=True, help="No authentication, 127.0.0.1 only, SQLite by default: never for real data."
+)
+def serve(host: str | None, port: int | None, workers: int | None, dev: bool) -> None:
+    """Run the CDS Hooks service under uvicorn."""
+    from pydantic import ValidationError
+
+    from cds.server import LOOPBACK, base_url, run, settings_from
+    from cds.settings import REPO_ROOT
+
+    if dev and host not in (None, LOOPBACK):
+        fail(f"--dev serves without authentication and binds {LOOPBACK} only, not {host}")
+    given = {"host": host, "port": port, "workers": workers}
+    # Only the flag switches authentication off, whatever CDS_DEV says.
+    overrides = {name: str(value) for name, value in given.items() if value is not None}
+    overrides["dev"] = "true" if dev else "false"
+    try:
+        settings = settings_from(overrides)
+    except ValidationError as exc:
+        fail("; ".join(str(error["msg"]).removeprefix("Value error, ") for error in exc.errors()))
+    url = base_url(settings)
+    if settings.dev:
+        click.secho(
+            "WARNING: --dev: JWT authentication is OFF; serving on 127.0.0.1 only. Never use it with real "
+            "patient data.",
+            fg="red",
+            bold=True,
+            err=True,
+        )
+    example = REPO_ROOT / "fixtures" / "hook-request.json"
+    if example.is_relative_to(Path.cwd()):
+        example = example.relative_to(Path.cwd())
+    click.echo(f"cramp-cds {'(dev) ' if settings.dev else ''}on {url}  discovery: {url}/cds-services")
+    if settings.dev:
+        click.echo(
+            "try:  curl -s -X POST -H 'Content-Type: application/json' "
+            f"--data @{example} {url}/cds-services/cramp-assessment"
+        )
+    try:
+        run(settings)
+    except ValueError as exc:
+        fail(str(exc))
+
+
+@main.group()
+def feedback() -> None:
+    """What clinicians did with the cards (the alert-fatigue watch)."""
+
+
+@feedback.command("report")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def feedback_report(as_json: bool) -> None:
+    """Per service and topic: cards issued, accepted, overridden, and the override reasons."""
+    from cds.settings import Settings
+    from cds.store import Store, StoreUnavailableError
+
+    # Only the database URL is read here; the serving safety checks (hash key, issuers) do not apply.
+    store = Store(Settings(dev=True).database_url)
+    try:
+        store.migrate()
+        rows = store.report()
+    except StoreUnavailableError as exc:
+        fail(f"store: {exc}")
+    finally:
+        store.close()
+    if as_json:
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "service": row.service_id,
+                        "topic": row.topic,
+                        "issued": row.issued,
+                        "accepted": row.accepted,
+                        "overridden": row.overridden,
+                        "overrideReasons": [
+                            {"system": r.system, "code": r.code, "count": r.count}
+                            for r in row.override_reasons
+                        ],
+                    }
+                    for row in rows
+                ],
+                indent=2,
+            )
+        )
+        return
+    if not rows:
+        click.echo("no cards issued yet")
+        return
+    click.echo(
+        f"{'service':<22} {'topic':<22} {'issued':>6} {'accepted':>8} {'overridden':>10}  override reasons"
+    )
+    for row in rows:
+        reasons = ", ".join(f"{r.code or '(none)'} x{r.count}" for r in row.override_reasons)
+        click.echo(
+            f"{row.service_id:<22} {row.topic:<22} {row.issued:>6} {row.accepted:>8} {row.overridden:>10}  {reasons}"
+        )

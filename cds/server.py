@@ -1,0 +1,48 @@
+"""Run the service under uvicorn: `cds serve` ends here.
+
+Every worker builds its app with the `cds.api.app:factory` import string (uvicorn needs one for
+--workers > 1), so the command-line choices reach the workers as CDS_* environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import uvicorn
+
+from cds.logs import uvicorn_log_config
+from cds.settings import Settings
+
+LOOPBACK = "127.0.0.1"
+
+
+def settings_from(overrides: Mapping[str, str]) -> Settings:
+    """Export the overrides for the workers, then validate the whole configuration once, up front."""
+    # Writing (not reading) the environment: it is how uvicorn's worker processes receive settings.
+    os.environ.update({f"CDS_{name.upper()}": value for name, value in overrides.items()})
+    return Settings()
+
+
+def base_url(settings: Settings) -> str:
+    host = settings.host if ":" not in settings.host else f"[{settings.host}]"
+    return f"http://{host}:{settings.port}"
+
+
+def run(settings: Settings) -> None:
+    """Serve until interrupted. --dev binds loopback only (the caller refuses any other host)."""
+    if settings.dev and settings.host != LOOPBACK:
+        raise ValueError("--dev serves without authentication and binds 127.0.0.1 only")
+    uvicorn.run(
+        "cds.api.app:factory",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_config=uvicorn_log_config(settings.log_level),
+        access_log=False,
+        server_header=False,
+        ws="none",
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )
