@@ -11,6 +11,7 @@ from cds.fhirvalues import (
     age_in_years,
     as_utc,
     end_of_day,
+    is_after,
     parse_fhir_datetime,
     reference_key,
     start_of_day,
@@ -261,3 +262,28 @@ def test_end_of_day_is_last_microsecond_utc() -> None:
     end = end_of_day(date(2026, 6, 1))
     assert end == datetime(2026, 6, 1, 23, 59, 59, 999999, tzinfo=UTC)
     assert end + timedelta(microseconds=1) == datetime(2026, 6, 2, tzinfo=UTC)
+
+
+MORNING = datetime(2026, 6, 1, 8, 0, tzinfo=AUCKLAND)  # 2026-05-31 20:00 UTC
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param("2026-06-01", False, id="date-today-local-not-future"),
+        pytest.param("2026-06-02", True, id="date-tomorrow"),
+        pytest.param("2026-05-31", False, id="date-yesterday"),
+        pytest.param("2026-06", False, id="this-month"),
+        pytest.param("2026-07", True, id="next-month"),
+        pytest.param("2026", False, id="this-year"),
+        pytest.param("2027", True, id="next-year"),
+        pytest.param("2026-06-01T07:59:00+12:00", False, id="earlier-this-morning"),
+        pytest.param("2026-06-01T08:01:00+12:00", True, id="a-minute-later"),
+        pytest.param("2026-05-31T20:30:00Z", True, id="utc-half-hour-later"),
+        pytest.param(date(2026, 6, 1), False, id="date-object-today"),
+        pytest.param(datetime(2026, 6, 1, 9, 0, tzinfo=AUCKLAND), True, id="datetime-object-later"),
+        pytest.param("not a date", False, id="unparseable"),
+    ],
+)
+def test_is_after_compares_dates_in_the_evaluation_zone(value: object, expected: bool) -> None:
+    assert is_after(value, MORNING) is expected
