@@ -445,6 +445,10 @@ def _band(
     ranged = _range_band(obs, raw, comparator, spelling)
     if ranged is not None:
         return ranged, "reference-range"
+    # A limit value (`<25`) may leave a strict cut-off open yet clear a looser one: `<25` ng/mL is not
+    # certainly deficient (< 20) but is certainly low (< 30). Only when no cut-off is settled either
+    # way is the result indeterminate.
+    uncertain = False
     for threshold in analyte.thresholds:
         if threshold.below is not None:
             side = _side(value, comparator, threshold.below, inclusive_upper=False)
@@ -456,9 +460,8 @@ def _band(
             side = _side(value, comparator, bound, inclusive_upper=threshold.above is not None)
             if side == "over":
                 return threshold.band, "default"
-        if side == "unknown":
-            return "indeterminate", "default"
-    return "normal", "default"
+        uncertain = uncertain or side == "unknown"
+    return ("indeterminate" if uncertain else "normal"), "default"
 
 
 def _side(value: float, comparator: str, bound: float, *, inclusive_upper: bool) -> str:

@@ -389,6 +389,14 @@ def test_observation_without_value_is_indeterminate_and_noted(evaluator: Evaluat
         ),
         pytest.param(
             CODE["vitamin-d-25oh"],
+            quantity(25, "ng/mL", comparator="<"),
+            "vitamin-d-25oh",
+            "low",
+            "insufficient",
+            id="vitd-lt-25-certainly-low-not-certainly-deficient",
+        ),
+        pytest.param(
+            CODE["vitamin-d-25oh"],
             quantity(50, "ng/mL", comparator="<"),
             "vitamin-d-25oh",
             "indeterminate",
