@@ -1,0 +1,104 @@
+"""`cds serve` as a real process: it starts, prints a curl call that returns cards, and guards --dev."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from cds.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+CDS = Path(sys.executable).parent / "cds"
+SERVE_KEYS = ("CDS_DEV", "CDS_HOST", "CDS_PORT", "CDS_WORKERS", "CDS_PATIENT_HASH_KEY", "CDS_TRUSTED_ISSUERS")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until_up(url: str, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"cds serve exited: {process.stderr.read() if process.stderr else ''}")
+        try:
+            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("cds serve did not become ready")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_dev_prints_a_curl_call_that_returns_cards(tmp_path: Path, workers: int) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CDS_")}
+    env |= {"CDS_DATABASE_URL": f"sqlite:///{tmp_path / 'cds.sqlite3'}", "PYTHONUNBUFFERED": "1"}
+    command = [str(CDS), "serve", "--dev", "--port", str(port), "--workers", str(workers)]
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}", process)
+        assert process.stdout is not None
+        banner = process.stdout.readline()
+        assert f"http://127.0.0.1:{port}" in banner
+        curl_line = process.stdout.readline()
+        assert curl_line.startswith("try:")
+        result = subprocess.run(
+            shlex.split(curl_line.removeprefix("try:")),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        assert '"cards":[{' in result.stdout
+    finally:
+        process.terminate()
+        _, err = process.communicate(timeout=30)
+    assert "JWT authentication is OFF" in err
+    assert "hook-patient" not in err  # the JSON log names no patient
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cds serve exports its options for the workers; make sure the test process gets them back."""
+    for key in SERVE_KEYS:
+        monkeypatch.setenv(key, "placeholder")
+        monkeypatch.delenv(key)
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_serve_dev_refuses_a_public_host() -> None:
+    result = CliRunner().invoke(main, ["serve", "--dev", "--host", "0.0.0.0"])
+    assert result.exit_code == 2
+    assert "127.0.0.1 only" in result.output
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_serve_without_dev_needs_the_secrets() -> None:
+    result = CliRunner().invoke(main, ["serve", "--port", "1"])
+    assert result.exit_code == 2
+    assert "CDS_PATIENT_HASH_KEY" in result.output
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_cds_dev_in_the_environment_alone_does_not_turn_auth_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CDS_DEV", "true")
+    result = CliRunner().invoke(main, ["serve", "--port", "1"])
+    assert result.exit_code == 2
+    assert "CDS_PATIENT_HASH_KEY" in result.output
