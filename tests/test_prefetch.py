@@ -62,3 +62,17 @@ def test_missing_keys_counts_operation_outcomes_as_absent() -> None:
         "medicationStatements",
         "questionnaireResponses",
     ]
+
+
+def test_templates_use_only_reads_and_simple_patient_searches(pack: RulePack) -> None:
+    """https://cds-hooks.hl7.org/2.0/#prefetch-query-restrictions: instance reads and type searches on
+    the patient with token parameters; no chained, _include or _has queries."""
+    for key, template in prefetch_templates(pack).items():
+        _kind, _, query = template.partition("?")
+        if not query:
+            assert template == "Patient/{{context.patientId}}", key
+            continue
+        params = dict(part.split("=", 1) for part in query.split("&"))
+        assert params["patient"] == "{{context.patientId}}"
+        assert set(params) <= {"patient", "code", "status", "questionnaire"}, key
+        assert not any(name.startswith("_") or ":" in name or "." in name for name in params)
