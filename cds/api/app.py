@@ -20,7 +20,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from cds.api import discovery, evaluate, feedback, health, problems, services
 from cds.api.catalog import build_catalog
-from cds.api.deps import Runtime
+from cds.api.deps import Runtime, WriteGate
 from cds.api.middleware import BodyLimit, CatchAll, RequestLog
 from cds.api.models import request_schemas
 from cds.evaluation import Evaluator
@@ -39,13 +39,16 @@ DEV_WARNING = (
 )
 
 
-def build_verifier(settings: Settings, store: Store, clock: Callable[[], datetime]) -> TokenVerifier:
+def build_verifier(
+    settings: Settings, store: Store, clock: Callable[[], datetime], gate: WriteGate
+) -> TokenVerifier:
     """The JWT verifier for the trusted-issuers file; jti replay is checked in the store, so across workers."""
     if settings.trusted_issuers is None:
         raise ValueError("CDS_TRUSTED_ISSUERS must name the trusted-issuers file outside --dev")
 
     def replay_guard(iss: str, jti: str, expires_at: datetime) -> bool:
-        return store.remember_jti(iss=iss, jti=jti, expires_at=expires_at, now=clock())
+        with gate():
+            return store.remember_jti(iss=iss, jti=jti, expires_at=expires_at, now=clock())
 
     return TokenVerifier(
         load_trusted_issuers(settings.trusted_issuers),
@@ -72,10 +75,11 @@ def create_app(
     evaluator = evaluator or Evaluator(load_rule_pack(settings.rules_dir))
     owns_store = store is None
     store = store or Store(settings.database_url)
+    gate = WriteGate.for_store(store)
     if settings.dev:
         verifier = None
     elif verifier is None:
-        verifier = build_verifier(settings, store, clock)
+        verifier = build_verifier(settings, store, clock, gate)
     runtime = Runtime(
         settings=settings,
         evaluator=evaluator,
@@ -84,6 +88,7 @@ def create_app(
         metrics=Metrics(),
         services=build_catalog(evaluator.pack),
         clock=clock,
+        store_write=gate,
     )
 
     @asynccontextmanager

@@ -47,9 +47,14 @@ async def feedback(runtime: RuntimeDep, client: ClientDep, service: ServiceDep, 
     """
     batch = parse_body(FeedbackRequest, body)
     items = [_item(entry) for entry in batch.feedback]
-    await run_in_threadpool(
-        lambda: runtime.store.record_feedback(service_id=service.id, items=items, received_at=runtime.clock())
-    )
+
+    def store() -> int:
+        with runtime.store_write():
+            return runtime.store.record_feedback(
+                service_id=service.id, items=items, received_at=runtime.clock()
+            )
+
+    await run_in_threadpool(store)
     for outcome, count in Counter(item.outcome for item in items).items():
         runtime.metrics.feedback.labels(service=service.id, outcome=outcome).inc(count)
     return Response(status_code=200)

@@ -95,14 +95,15 @@ def _issue(
         prefetch, patient_id=patient_id, now=now, topics=service.topics, extra=extra
     )
     issued = [_issued(card) for card in evaluation.cards]
-    runtime.store.record_cards(
-        service_id=service.id,
-        hook_instance=hook.hook_instance,
-        patient_hash=patient_hash(runtime.settings.patient_hash_key.encode(), patient_id),
-        pack_version=runtime.evaluator.pack.version,
-        cards=issued,
-        issued_at=now,
-    )
+    with runtime.store_write():
+        runtime.store.record_cards(
+            service_id=service.id,
+            hook_instance=hook.hook_instance,
+            patient_hash=patient_hash(runtime.settings.patient_hash_key.encode(), patient_id),
+            pack_version=runtime.evaluator.pack.version,
+            cards=issued,
+            issued_at=now,
+        )
     runtime.metrics.count_cards(service.id, (card.topic for card in issued))
     return evaluation.cards
 
