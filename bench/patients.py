@@ -18,7 +18,13 @@ READ_LABS = [  # (code, unit, low, high): analytes the rules read
     ("33914-3", "mL/min/{1.73_m2}", 40, 110),
     ("39156-5", "kg/m2", 19, 36),
 ]
-OTHER_LABS = [("8867-4", "/min"), ("8480-6", "mm[Hg]"), ("29463-7", "kg"), ("2093-3", "mg/dL"), ("718-7", "g/dL")]
+OTHER_LABS = [
+    ("8867-4", "/min"),
+    ("8480-6", "mm[Hg]"),
+    ("29463-7", "kg"),
+    ("2093-3", "mg/dL"),
+    ("718-7", "g/dL"),
+]
 CONDITIONS = [
     ("http://snomed.info/sct", "55300003", "Cramp"),
     ("http://snomed.info/sct", "72866009", "Varicose veins of lower limb"),
@@ -43,8 +49,14 @@ def make_patient(size: int, seed: int = 7) -> dict[str, Any]:
         resource["id"] = f"{resource['resourceType'].lower()}-{len(entries)}"
         entries.append({"fullUrl": f"urn:uuid:{rng.getrandbits(128):032x}", "resource": resource})
 
-    add({"resourceType": "Patient", "gender": "female", "birthDate": "1968-04-12",
-         "name": [{"family": "Benchmark", "given": ["Pat"]}]})
+    add(
+        {
+            "resourceType": "Patient",
+            "gender": "female",
+            "birthDate": "1968-04-12",
+            "name": [{"family": "Benchmark", "given": ["Pat"]}],
+        }
+    )
     patient_ref = {"reference": entries[0]["fullUrl"]}
     add(_answers(patient_ref, rng))
     for index in range(size - 2):
@@ -59,25 +71,93 @@ def make_patient(size: int, seed: int = 7) -> dict[str, Any]:
             add(_observation(code, unit, round(rng.uniform(1, 150), 1), when, patient_ref))
         elif roll < 12:
             system, code, display = CONDITIONS[rng.randrange(len(CONDITIONS))]
-            add({"resourceType": "Condition",
-                 "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
-                 "verificationStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "confirmed"}]},
-                 "code": {"coding": [{"system": system, "code": code, "display": display}], "text": display},
-                 "subject": patient_ref, "onsetDateTime": when})
+            add(
+                {
+                    "resourceType": "Condition",
+                    "clinicalStatus": {
+                        "coding": [
+                            {
+                                "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                                "code": "active",
+                            }
+                        ]
+                    },
+                    "verificationStatus": {
+                        "coding": [
+                            {
+                                "system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+                                "code": "confirmed",
+                            }
+                        ]
+                    },
+                    "code": {
+                        "coding": [{"system": system, "code": code, "display": display}],
+                        "text": display,
+                    },
+                    "subject": patient_ref,
+                    "onsetDateTime": when,
+                }
+            )
         elif roll < 13:
             code, display = MEDICATIONS[rng.randrange(len(MEDICATIONS))]
-            add({"resourceType": "MedicationRequest", "status": rng.choice(["active", "stopped"]), "intent": "order",
-                 "medicationCodeableConcept": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": code, "display": display}], "text": display},
-                 "subject": patient_ref, "authoredOn": when})
+            add(
+                {
+                    "resourceType": "MedicationRequest",
+                    "status": rng.choice(["active", "stopped"]),
+                    "intent": "order",
+                    "medicationCodeableConcept": {
+                        "coding": [
+                            {
+                                "system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+                                "code": code,
+                                "display": display,
+                            }
+                        ],
+                        "text": display,
+                    },
+                    "subject": patient_ref,
+                    "authoredOn": when,
+                }
+            )
         elif roll < 17:
-            add({"resourceType": "Encounter", "status": "finished",
-                 "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
-                 "type": [{"coding": [{"system": "http://snomed.info/sct", "code": "185349003", "display": "Encounter for check up"}]}],
-                 "subject": patient_ref, "period": {"start": when, "end": when}})
+            add(
+                {
+                    "resourceType": "Encounter",
+                    "status": "finished",
+                    "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+                    "type": [
+                        {
+                            "coding": [
+                                {
+                                    "system": "http://snomed.info/sct",
+                                    "code": "185349003",
+                                    "display": "Encounter for check up",
+                                }
+                            ]
+                        }
+                    ],
+                    "subject": patient_ref,
+                    "period": {"start": when, "end": when},
+                }
+            )
         else:
-            add({"resourceType": "Procedure", "status": "completed",
-                 "code": {"coding": [{"system": "http://snomed.info/sct", "code": "430193006", "display": "Medication reconciliation"}]},
-                 "subject": patient_ref, "performedDateTime": when})
+            add(
+                {
+                    "resourceType": "Procedure",
+                    "status": "completed",
+                    "code": {
+                        "coding": [
+                            {
+                                "system": "http://snomed.info/sct",
+                                "code": "430193006",
+                                "display": "Medication reconciliation",
+                            }
+                        ]
+                    },
+                    "subject": patient_ref,
+                    "performedDateTime": when,
+                }
+            )
     return {"resourceType": "Bundle", "type": "collection", "entry": entries}
 
 
@@ -85,7 +165,16 @@ def _observation(code: str, unit: str, value: float, when: str, subject: dict[st
     return {
         "resourceType": "Observation",
         "status": "final",
-        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}]}],
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                        "code": "laboratory",
+                    }
+                ]
+            }
+        ],
         "code": {"coding": [{"system": LOINC, "code": code}], "text": code},
         "subject": subject,
         "effectiveDateTime": when,
@@ -95,16 +184,28 @@ def _observation(code: str, unit: str, value: float, when: str, subject: dict[st
 
 
 def _answers(subject: dict[str, Any], rng: random.Random) -> dict[str, Any]:
-    yes_no = ["cramp-nocturnal", "cramp-symmetrical", "low-sun-exposure", "magnesium-rich-diet", "prolonged-sitting-standing"]
+    yes_no = [
+        "cramp-nocturnal",
+        "cramp-symmetrical",
+        "low-sun-exposure",
+        "magnesium-rich-diet",
+        "prolonged-sitting-standing",
+    ]
     items = [{"linkId": "cramp-frequency", "answer": [{"valueInteger": rng.randint(1, 5)}]}]
     items += [{"linkId": link, "answer": [{"valueBoolean": rng.random() < 0.5}]} for link in yes_no]
-    return {"resourceType": "QuestionnaireResponse", "status": "completed",
-            "questionnaire": "https://cramp-cds.example.org/fhir/Questionnaire/cramp-assessment",
-            "subject": subject, "authored": (NOW - timedelta(days=3)).isoformat(),
-            "item": [{"linkId": "cramps", "item": items}]}
+    return {
+        "resourceType": "QuestionnaireResponse",
+        "status": "completed",
+        "questionnaire": "https://cramp-cds.example.org/fhir/Questionnaire/cramp-assessment",
+        "subject": subject,
+        "authored": (NOW - timedelta(days=3)).isoformat(),
+        "item": [{"linkId": "cramps", "item": items}],
+    }
 
 
-def as_hook_request(bundle: dict[str, Any], hook_instance: str = "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea") -> dict[str, Any]:
+def as_hook_request(
+    bundle: dict[str, Any], hook_instance: str = "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea"
+) -> dict[str, Any]:
     """The same patient as a patient-view request with every prefetch key filled."""
     by_type: dict[str, list[dict[str, Any]]] = {}
     patient = bundle["entry"][0]["resource"]
@@ -116,9 +217,19 @@ def as_hook_request(bundle: dict[str, Any], hook_instance: str = "d1577c69-dfbe-
 
     def searchset(kind: str) -> dict[str, Any]:
         found = by_type.get(kind, [])
-        return {"resourceType": "Bundle", "type": "searchset", "total": len(found),
-                "entry": [{"fullUrl": f"https://ehr.example.org/fhir/{kind}/{r['id']}", "resource": r,
-                           "search": {"mode": "match"}} for r in found]}
+        return {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "total": len(found),
+            "entry": [
+                {
+                    "fullUrl": f"https://ehr.example.org/fhir/{kind}/{r['id']}",
+                    "resource": r,
+                    "search": {"mode": "match"},
+                }
+                for r in found
+            ],
+        }
 
     return {
         "hook": "patient-view",

@@ -1,0 +1,98 @@
+"""Smoke versions of every benchmark (seconds, not minutes), so the harness cannot rot. No timing asserts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import orjson
+import pytest
+
+from bench import run as bench_run
+from bench.inprocess import bench_inprocess, bench_inprocess_memory
+from bench.patients import as_hook_request, make_patient
+from bench.report import measured, render
+from cds.evaluation import Evaluator
+from cds.intake import load_json
+from tests.conftest import ROOT
+
+needs_hey = pytest.mark.skipif(shutil.which("hey") is None, reason="the load tool hey is not installed")
+
+
+@pytest.mark.parametrize("size", [4, 10, 50, 250])
+def test_generated_patient_has_exactly_that_many_resources_and_evaluates(
+    evaluator: Evaluator, size: int
+) -> None:
+    bundle = make_patient(size)
+    assert len(bundle["entry"]) == size
+    assert make_patient(size) == bundle  # deterministic
+    result = evaluator.evaluate_document(
+        load_json(orjson.dumps(bundle)), now=bench_run.datetime(2026, 6, 1, tzinfo=bench_run.UTC)
+    )
+    assert "lifestyle" in {c["source"]["topic"]["code"] for c in result.cards}
+
+
+def test_hook_request_form_carries_every_prefetch_key(evaluator: Evaluator) -> None:
+    request = as_hook_request(make_patient(50))
+    assert set(request["prefetch"]) == {
+        "patient",
+        "observations",
+        "conditions",
+        "medicationRequests",
+        "medicationStatements",
+        "questionnaireResponses",
+    }
+    result = evaluator.evaluate_document(request, now=bench_run.datetime(2026, 6, 1, tzinfo=bench_run.UTC))
+    assert result.cards
+
+
+def test_inprocess_smoke() -> None:
+    rows = bench_inprocess(sizes=(10,), runs=20, repeats=2)
+    generated = next(r for r in rows if r["patient"] == "generated-10")
+    assert generated["resources"] == 10
+    assert generated["runs_per_round"] == 20
+    assert generated["median_us"] > 0
+    assert generated["p99_us"] >= generated["median_us"]
+    assert set(generated["stage_share"]) == {
+        "parse",
+        "intake+validate",
+        "normalise",
+        "facts",
+        "engine",
+        "cards",
+    }
+    assert sum(generated["stage_share"].values()) == pytest.approx(1.0)
+
+
+def test_inprocess_memory_smoke() -> None:
+    result = bench_inprocess_memory(evaluations=50, size=10)
+    assert result["evaluations"] == 50
+    assert result["live_sessions"] == 0
+    assert result["rss_after_mb"] > 0
+
+
+@needs_hey
+def test_whole_bench_smoke_writes_the_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The full `make bench` path with tiny durations: servers start, hey runs, the report is written."""
+    for name, value in {
+        "BENCH_DURATION": "0.5",
+        "BENCH_REPEATS": "1",
+        "BENCH_RUNS": "10",
+        "BENCH_MEMORY_CALLS": "200",
+        "BENCH_SIZES": "10,50",
+        "BENCH_OUT": str(tmp_path),
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(ROOT)
+    bench_run.main()
+    report = json.loads((tmp_path / "latest.json").read_text())
+    assert {r["target"] for r in report["http"]} == {"cramp-assessment", "echo"}
+    assert all(r["non_200"] == 0 and r["requests"] > 0 for r in report["http"])
+    assert report["startup_s"]["median"] > 0
+    got = measured(report)
+    assert all(value is not None for name, value in got.items() if name != "inprocess_1000_median_us")
+    markdown = (tmp_path / "latest.md").read_text()
+    assert "## Summary against the targets" in markdown
+    assert "cramp-assessment" in markdown
+    assert render(report, bench_run.TARGETS) == markdown
