@@ -21,6 +21,7 @@ __all__ = [
     "AuthError",
     "Claims",
     "ConfigError",
+    "JtiCache",
     "TokenVerifier",
     "TrustedIssuer",
     "load_trusted_issuers",
@@ -460,3 +461,55 @@ class TokenVerifier:
         if not self._replay_guard(iss, jti, exp + self._leeway):
             raise AuthError("replayed", jti)
         return Claims(iss=iss, sub=sub, aud=audience, jti=jti, exp=exp, iat=iat, tenant=tenant)
+
+
+class JtiCache:
+    """JWT ids accepted while the shared store was down, held in this process until written to it.
+
+    Replay protection must not stop when the store does, and must not let a token through twice
+    either: while the store is down each worker refuses a jti it has already seen itself, and once the
+    store is back `drain` hands the ids over so every worker knows them.
+
+        cache.remember("https://ehr", "j1", expires, now)   # True: first use
+        cache.remember("https://ehr", "j1", expires, now)   # False: a replay
+        cache.drain()                                       # [("https://ehr", "j1", expires)]
+
+    Bounded: at `capacity` live ids `remember` raises OverflowError (the caller answers 503).
+    """
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self._capacity = capacity
+        self._seen: dict[tuple[str, str], datetime] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._seen)
+
+    def seen(self, iss: str, jti: str, now: datetime) -> bool:
+        """True when (iss, jti) was accepted here and could still be replayed."""
+        with self._lock:
+            expires_at = self._seen.get((iss, jti))
+            return expires_at is not None and expires_at > now
+
+    def remember(self, iss: str, jti: str, expires_at: datetime, now: datetime) -> bool:
+        """Record a first use; False when it is a replay."""
+        with self._lock:
+            known = self._seen.get((iss, jti))
+            if known is not None and known > now:
+                return False
+            if len(self._seen) >= self._capacity:
+                self._seen = {k: v for k, v in self._seen.items() if v > now}
+                if len(self._seen) >= self._capacity:
+                    raise OverflowError("too many JWT ids held while the store is down")
+            self._seen[(iss, jti)] = expires_at
+            return True
+
+    def drain(self) -> list[tuple[str, str, datetime]]:
+        """The ids held, as (iss, jti, expires_at); call `forget` for each once the store has it."""
+        with self._lock:
+            return [(iss, jti, expires_at) for (iss, jti), expires_at in self._seen.items()]
+
+    def forget(self, iss: str, jti: str) -> None:
+        with self._lock:
+            self._seen.pop((iss, jti), None)

@@ -8,8 +8,9 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -33,7 +34,6 @@ from sqlalchemy import (
     delete,
     event,
     func,
-    insert,
     select,
     text,
 )
@@ -45,8 +45,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 __all__ = [
+    "CardBacklog",
     "FeedbackItem",
     "IssuedCard",
+    "PendingCards",
     "ReasonCount",
     "ReportRow",
     "Store",
@@ -383,8 +385,15 @@ class Store:
             }
             for card in cards
         ]
+        # Idempotent by card uuid: a batch whose commit was lost in an outage may be written twice
+        # (see CardBacklog), and the second write must neither fail nor duplicate.
+        stmt: Any
+        if self._backend == "postgresql":
+            stmt = pg_dialect.insert(IssuedCardRow).on_conflict_do_nothing(index_elements=["uuid"])
+        else:
+            stmt = sqlite_dialect.insert(IssuedCardRow).on_conflict_do_nothing(index_elements=["uuid"])
         with self._transaction() as conn:
-            conn.execute(insert(IssuedCardRow), rows)
+            conn.execute(stmt, rows)
 
     def _insert_ignoring(self, conn: Connection, row: dict[str, Any]) -> int:
         table = FeedbackRow
@@ -535,3 +544,103 @@ class Store:
     def close(self) -> None:
         """Release every pooled connection."""
         self._engine.dispose()
+
+
+# --------------------------------------------------------------------------- the outage backlog
+
+
+@dataclass(frozen=True)
+class PendingCards:
+    """The arguments of one `Store.record_cards` call, kept while the store cannot take them."""
+
+    service_id: str
+    hook_instance: str
+    patient_hash: str
+    pack_version: str
+    cards: tuple[IssuedCard, ...]
+    issued_at: datetime
+
+
+class CardBacklog:
+    """Issued-card rows held in memory while the store is down, written back oldest first.
+
+    A hook call must answer even when the store is down, but feedback can only be joined to cards
+    the store knows. So `record` writes straight through while nothing is waiting, and queues (without
+    touching the store again) once something is; `flush` empties the queue in order and is called
+    before any feedback is stored and periodically by the app. The queue is bounded: when it holds
+    `capacity` batches, `record` raises StoreUnavailableError (the hook call then answers 503).
+
+        backlog.record(pending)   # store down: queued, len(backlog) == 1
+        backlog.flush()           # store back: written, len(backlog) == 0
+
+    CAUTION: what is queued lives in this process only; a worker killed before the store returns
+    loses it (feedback on those cards is then answered 400, never acknowledged and lost).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        capacity: int = 5_000,
+        gate: Callable[[], AbstractContextManager[object]] = nullcontext,
+    ) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self._store = store
+        self._capacity = capacity
+        self._gate = gate
+        self._queue: deque[PendingCards] = deque()
+        self._lock = threading.Lock()  # guards the queue
+        self._flushing = threading.Lock()  # one flusher at a time keeps the order
+        self.queued_total = 0  # batches that ever waited here (for logs and tests)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._queue)
+
+    def _write(self, pending: PendingCards) -> None:
+        with self._gate():
+            self._store.record_cards(
+                service_id=pending.service_id,
+                hook_instance=pending.hook_instance,
+                patient_hash=pending.patient_hash,
+                pack_version=pending.pack_version,
+                cards=pending.cards,
+                issued_at=pending.issued_at,
+            )
+
+    def _enqueue(self, pending: PendingCards) -> None:
+        with self._lock:
+            if len(self._queue) >= self._capacity:
+                raise StoreUnavailableError("store unavailable and the card backlog is full")
+            self._queue.append(pending)
+            self.queued_total += 1
+
+    def record(self, pending: PendingCards) -> bool:
+        """Write the cards, or queue them when the store is down; True when they were queued."""
+        if len(self):
+            self._enqueue(pending)
+            return True
+        try:
+            self._write(pending)
+        except StoreUnavailableError:
+            self._enqueue(pending)
+            return True
+        return False
+
+    def flush(self) -> int:
+        """Write every queued batch, oldest first; return how many were written.
+
+        Raises StoreUnavailableError when the store is still down (what is left stays queued, in order).
+        """
+        written = 0
+        with self._flushing:
+            while True:
+                with self._lock:
+                    if not self._queue:
+                        return written
+                    head = self._queue[0]
+                self._write(head)
+                with self._lock:
+                    self._queue.popleft()
+                written += 1

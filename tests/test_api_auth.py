@@ -17,7 +17,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from cds.evaluation import Evaluator
 from cds.rulepack import RulePack
-from tests.support.api import NOW, Api, Issuer, dev_settings, hook_request, running, secure_settings
+from tests.support.api import (
+    NOW,
+    Api,
+    Issuer,
+    dev_settings,
+    hook_request,
+    running,
+    secure_settings,
+    wait_for_request_log,
+)
 
 SERVICE = "/cds-services/cramp-assessment"
 
@@ -170,6 +179,7 @@ def test_failures_are_logged_by_reason_never_with_the_token(
     token = issuer.token(api.url(SERVICE), now=NOW - timedelta(hours=1))
     with caplog.at_level(logging.INFO, logger="cds"):
         assert_401(api.client.post(SERVICE, json=hook_request(), headers=bearer(token)))
+        wait_for_request_log(lambda: caplog.records)
     lines = [r for r in caplog.records if r.name.startswith("cds")]
     assert any(getattr(r, "cds_fields", {}).get("error") == "auth:expired" for r in lines)
     assert all(token not in repr(getattr(r, "cds_fields", {})) + r.getMessage() for r in lines)

@@ -15,7 +15,7 @@ from cds.evaluation import Evaluator
 from cds.logs import JsonFormatter
 from cds.rulepack import RulePack
 from cds.store import Store
-from tests.support.api import NOW, Api, dev_settings, hook_request, running
+from tests.support.api import NOW, Api, dev_settings, hook_request, running, wait_for_request_log
 
 SANDBOX = "https://sandbox.cds-hooks.org"
 
@@ -146,6 +146,7 @@ def test_request_log_is_json_with_hook_instance_and_timing_and_no_phi(
     request = hook_request()
     with caplog.at_level(logging.INFO, logger="cds"):
         assert api.client.post("/cds-services/cramp-assessment", json=request).status_code == 200
+        wait_for_request_log(lambda: caplog.records)
     lines = [json.loads(JsonFormatter().format(r)) for r in caplog.records if r.name.startswith("cds")]
     [line] = [entry for entry in lines if entry["event"] == "request"]
     assert line["hookInstance"] == request["hookInstance"]

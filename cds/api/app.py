@@ -6,6 +6,8 @@ create_app(Settings(...), store=..., clock=...)   # tests pass their own
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -17,6 +19,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cds.api import discovery, evaluate, feedback, health, problems, services
 from cds.api.catalog import build_catalog
@@ -24,12 +27,12 @@ from cds.api.deps import Runtime, WriteGate
 from cds.api.middleware import BodyLimit, CatchAll, RequestLog
 from cds.api.models import request_schemas
 from cds.evaluation import Evaluator
-from cds.logs import log_event
+from cds.logs import error_fields, log_event
 from cds.metrics import Metrics
 from cds.rulepack import load_rule_pack
-from cds.security import TokenVerifier, load_trusted_issuers, now_utc
+from cds.security import JtiCache, TokenVerifier, load_trusted_issuers, now_utc
 from cds.settings import Settings
-from cds.store import Store
+from cds.store import Store, StoreUnavailableError
 
 logger = logging.getLogger("cds.api")
 
@@ -39,16 +42,80 @@ DEV_WARNING = (
 )
 
 
+# How often queued cards and outage JWT ids are offered back to the store.
+FLUSH_INTERVAL_SECONDS = 0.5
+
+# Sent on every response. The API serves JSON only, so the CSP forbids everything; /docs is an HTML
+# page that loads Swagger UI from its CDN and gets a CSP that allows exactly that.
+SECURITY_HEADERS: dict[bytes, bytes] = {
+    b"x-content-type-options": b"nosniff",
+    b"cache-control": b"no-store",  # cards and errors can carry PHI: never cached by a proxy or browser
+    b"content-security-policy": b"default-src 'none'; frame-ancestors 'none'",
+    b"referrer-policy": b"no-referrer",
+    b"x-frame-options": b"DENY",
+    b"cross-origin-resource-policy": b"same-origin",
+}
+DOCS_CSP = (
+    b"default-src 'none'; script-src 'unsafe-inline' https://cdn.jsdelivr.net; "
+    b"style-src 'unsafe-inline' https://cdn.jsdelivr.net; img-src data: https://fastapi.tiangolo.com; "
+    b"connect-src 'self'; frame-ancestors 'none'"
+)
+DOCS_PATHS = frozenset({"/docs", "/redoc", "/docs/oauth2-redirect"})
+
+
+class SecurityHeaders:
+    """Add SECURITY_HEADERS to every HTTP response, errors and 413s included (outermost middleware)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        extra = dict(SECURITY_HEADERS)
+        if scope.get("path") in DOCS_PATHS:
+            extra[b"content-security-policy"] = DOCS_CSP
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                headers.extend((name, value) for name, value in extra.items() if name not in present)
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 def build_verifier(
-    settings: Settings, store: Store, clock: Callable[[], datetime], gate: WriteGate
+    settings: Settings,
+    store: Store,
+    clock: Callable[[], datetime],
+    gate: WriteGate,
+    jti_cache: JtiCache | None = None,
 ) -> TokenVerifier:
-    """The JWT verifier for the trusted-issuers file; jti replay is checked in the store, so across workers."""
+    """The JWT verifier for the trusted-issuers file; jti replay is checked in the store, so across workers.
+
+    While the store is down, replay is checked in `jti_cache` (this worker only) and the ids are
+    written to the store when it returns (cds.api.deps.Runtime.flush_pending).
+    """
     if settings.trusted_issuers is None:
         raise ValueError("CDS_TRUSTED_ISSUERS must name the trusted-issuers file outside --dev")
+    cache = jti_cache if jti_cache is not None else JtiCache()
 
     def replay_guard(iss: str, jti: str, expires_at: datetime) -> bool:
-        with gate():
-            return store.remember_jti(iss=iss, jti=jti, expires_at=expires_at, now=clock())
+        now = clock()
+        if cache.seen(iss, jti, now):
+            return False
+        try:
+            with gate():
+                return store.remember_jti(iss=iss, jti=jti, expires_at=expires_at, now=now)
+        except StoreUnavailableError:
+            try:
+                return cache.remember(iss, jti, expires_at, now)
+            except OverflowError:
+                raise StoreUnavailableError("store unavailable and the JWT id cache is full") from None
 
     return TokenVerifier(
         load_trusted_issuers(settings.trusted_issuers),
@@ -76,10 +143,11 @@ def create_app(
     owns_store = store is None
     store = store or Store(settings.database_url)
     gate = WriteGate.for_store(store)
+    jti_cache = JtiCache()
     if settings.dev:
         verifier = None
     elif verifier is None:
-        verifier = build_verifier(settings, store, clock, gate)
+        verifier = build_verifier(settings, store, clock, gate, jti_cache)
     runtime = Runtime(
         settings=settings,
         evaluator=evaluator,
@@ -89,6 +157,7 @@ def create_app(
         services=build_catalog(evaluator.pack),
         clock=clock,
         store_write=gate,
+        jti_cache=jti_cache,
     )
 
     @asynccontextmanager
@@ -107,9 +176,16 @@ def create_app(
             auth="off (--dev)" if runtime.verifier is None else "jwt",
             store=runtime.store.engine.dialect.name,
         )
+        flusher = asyncio.create_task(_flush_periodically(runtime), name="cds-store-flusher")
         try:
             yield
         finally:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            await _flush_once(runtime)
+            if len(runtime.cards):
+                log_event(logger, "store.backlog.lost", level=logging.ERROR, batches=len(runtime.cards))
             runtime.http = None
             if http_client is None:
                 await client.aclose()
@@ -139,6 +215,7 @@ def create_app(
             allow_headers=["Authorization", "Content-Type"],
             max_age=600,
         )
+    app.add_middleware(SecurityHeaders)  # outermost: CORS preflights and 413/500 answers get them too
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -157,6 +234,28 @@ def create_app(
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+async def _flush_once(runtime: Runtime) -> None:
+    """Offer what was held during a store outage back to the store; quiet while it is still down."""
+    if not len(runtime.cards) and not len(runtime.jti_cache):
+        return
+    waiting = len(runtime.cards)
+    try:
+        written = await run_in_threadpool(runtime.flush_pending)
+    except StoreUnavailableError:
+        return
+    except Exception as exc:  # never let the flusher die; the next round tries again
+        log_event(logger, "store.flush.failed", level=logging.ERROR, **error_fields(exc))
+        return
+    if written:
+        log_event(logger, "store.backlog.flushed", batches=written, waiting=waiting - written)
+
+
+async def _flush_periodically(runtime: Runtime) -> None:
+    while True:
+        await asyncio.sleep(FLUSH_INTERVAL_SECONDS)
+        await _flush_once(runtime)
 
 
 def factory() -> FastAPI:

@@ -19,9 +19,9 @@ from cds.errors import UnknownServiceError
 from cds.evaluation import Evaluator
 from cds.logs import log_event
 from cds.metrics import Metrics
-from cds.security import AuthError, Claims, TokenVerifier
+from cds.security import AuthError, Claims, JtiCache, TokenVerifier
 from cds.settings import Settings
-from cds.store import Store
+from cds.store import CardBacklog, Store
 
 logger = logging.getLogger("cds.api")
 
@@ -57,7 +57,32 @@ class Runtime:
     services: dict[str, ServiceSpec]
     clock: Callable[[], datetime]
     store_write: WriteGate = field(default_factory=lambda: WriteGate(serial=False))
+    # Issued cards and JWT ids held while the store is down, written back when it returns.
+    backlog: CardBacklog | None = None
+    jti_cache: JtiCache = field(default_factory=JtiCache)
     http: httpx.AsyncClient | None = None  # set by the lifespan (bound to the server's event loop)
+
+    def __post_init__(self) -> None:
+        if self.backlog is None:
+            self.backlog = CardBacklog(self.store, gate=self.store_write)
+
+    @property
+    def cards(self) -> CardBacklog:
+        """Where issued cards are recorded: straight to the store, or queued while it is down."""
+        assert self.backlog is not None  # set in __post_init__
+        return self.backlog
+
+    def flush_pending(self) -> int:
+        """Write queued cards (in order) and the JWT ids seen during an outage to the store.
+
+        Raises StoreUnavailableError while the store is still down. Returns the card batches written.
+        """
+        written = self.cards.flush()
+        for iss, jti, expires_at in self.jti_cache.drain():
+            with self.store_write():
+                self.store.remember_jti(iss=iss, jti=jti, expires_at=expires_at, now=self.clock())
+            self.jti_cache.forget(iss, jti)
+        return written
 
     @property
     def client(self) -> httpx.AsyncClient:

@@ -43,12 +43,16 @@ async def feedback(runtime: RuntimeDep, client: ClientDep, service: ServiceDep, 
     """Validate the batch and store it durably before answering 200; nothing is stored when any entry fails.
 
     A card uuid this service never issued is a 400 (the URL exists; the body names something unknown).
-    The same entry sent twice is stored once. A store that cannot be reached gives 503 with Retry-After.
+    The same entry sent twice is stored once. A store that cannot be reached gives 503 with Retry-After,
+    and so does one that still holds cards queued during an outage (cds.store.CardBacklog).
     """
     batch = parse_body(FeedbackRequest, body)
     items = [_item(entry) for entry in batch.feedback]
 
     def store() -> int:
+        # Cards issued while the store was down are written first, in order, so that this feedback
+        # finds them; while that cannot happen the answer is 503 and nothing is acknowledged.
+        runtime.flush_pending()
         with runtime.store_write():
             return runtime.store.record_feedback(
                 service_id=service.id, items=items, received_at=runtime.clock()

@@ -20,8 +20,9 @@ from cds.errors import ShapeError
 from cds.evaluation import Evaluation
 from cds.fhirclient import FhirFetchError
 from cds.intake import HookRequest, load_json, read_hook_request
+from cds.logs import log_event
 from cds.prefetch import resolve_prefetch
-from cds.store import IssuedCard, patient_hash
+from cds.store import IssuedCard, PendingCards, patient_hash
 
 logger = logging.getLogger("cds.api")
 router = APIRouter(tags=["CDS Hooks"])
@@ -110,17 +111,24 @@ def _evaluate(
 def _record(
     runtime: Runtime, service: ServiceSpec, hook: HookRequest, issued: list[IssuedCard], now: datetime
 ) -> None:
-    """Record the cards before they leave, so that feedback can be joined to them (sync: thread pool)."""
+    """Record the cards before they leave, so that feedback can be joined to them (sync: thread pool).
+
+    While the store is down they are queued instead (cds.store.CardBacklog); only a full queue is a 503.
+    """
     patient_id = str(hook.context["patientId"])
-    with runtime.store_write():
-        runtime.store.record_cards(
+    if issued:
+        pending = PendingCards(
             service_id=service.id,
             hook_instance=hook.hook_instance,
             patient_hash=patient_hash(runtime.settings.patient_hash_key.encode(), patient_id),
             pack_version=runtime.evaluator.pack.version,
-            cards=issued,
+            cards=tuple(issued),
             issued_at=now,
         )
+        # A store outage must not take the EHR's workflow down with it: the cards are answered and
+        # their rows queued (bounded) until the store is back; feedback waits for that queue.
+        if runtime.cards.record(pending) and runtime.cards.queued_total == 1:
+            log_event(logger, "store.backlog.started", level=logging.WARNING)
     runtime.metrics.count_cards(service.id, (card.topic for card in issued))
 
 

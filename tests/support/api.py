@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -190,3 +191,12 @@ class Issuer:
         }
         signing_key = self.key if key is None else key
         return jwt.encode(claims, signing_key, algorithm=alg, headers={"kid": kid or self.kid, "typ": "JWT"})
+
+
+def wait_for_request_log(records: Callable[[], list[logging.LogRecord]], timeout: float = 5.0) -> None:
+    """Wait until the `request` line of a call is logged (RequestLog writes it after the response left)."""
+    deadline = time.monotonic() + timeout
+    while not any(r.getMessage() == "request" for r in records()):
+        if time.monotonic() > deadline:
+            raise AssertionError("no request log line")
+        time.sleep(0.01)
