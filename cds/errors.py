@@ -9,6 +9,7 @@ CdsError                      base; `status` is the HTTP status it maps to
 ├── UnknownServiceError (404)
 ├── PrefetchMissingError (412) a prefetch key that was not sent and could not be fetched
 ├── PayloadTooLargeError (413)
+├── UnsupportedMediaTypeError (415) a body sent as something other than JSON
 ├── RulePackError             a rule file is wrong (names file and field); stops start-up
 └── EngineError               the rule engine misbehaved (a bug, never the client's fault)
 """
@@ -65,6 +66,10 @@ class PrefetchMissingError(CdsError):
 
 class PayloadTooLargeError(CdsError):
     status = 413
+
+
+class UnsupportedMediaTypeError(CdsError):
+    status = 415
 
 
 class RulePackError(CdsError):

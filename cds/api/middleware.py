@@ -1,4 +1,4 @@
-"""ASGI middleware: the body-size limit, the catch-all for unexpected errors, and the request log + metrics.
+"""ASGI middleware: the body guard (size, media type), the catch-all for unexpected errors, and the request log + metrics.
 
 Pure ASGI rather than BaseHTTPMiddleware, so the body streams through untouched and the limit is
 enforced while bytes arrive, before a handler holds the whole body.
@@ -13,15 +13,35 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cds.api.problems import problem_for
-from cds.errors import PayloadTooLargeError
+from cds.errors import PayloadTooLargeError, UnsupportedMediaTypeError
 from cds.logs import log_event
 from cds.metrics import Metrics
 
 logger = logging.getLogger("cds.api")
 
 
+def is_json_media_type(content_type: bytes | None) -> bool:
+    """application/json or any application/*+json (FHIR's application/fhir+json), with any parameters.
+
+    No Content-Type at all is read as JSON: the body is parsed strictly either way.
+
+        >>> [is_json_media_type(v) for v in (b"application/json; charset=utf-8", b"text/plain", None)]
+        [True, False, True]
+    """
+    if content_type is None:
+        return True
+    media = content_type.split(b";", 1)[0].strip().lower()
+    kind, _, subtype = media.partition(b"/")
+    return kind == b"application" and (subtype == b"json" or subtype.endswith(b"+json"))
+
+
 class BodyLimit:
-    """413 when Content-Length says the body is too large, or when the streamed bytes pass the limit."""
+    """413 when Content-Length says the body is too large, or when the streamed bytes pass the limit;
+    415 when a handler reads a body whose Content-Type is not JSON (text/plain, multipart, forms).
+
+    Both are raised from `receive`, so only routes that read a body refuse one: a wrong method or path
+    still gets its 405/404, and a caller without a valid JWT still gets 401 before the body is read.
+    """
 
     def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
         self.app = app
@@ -39,9 +59,15 @@ class BodyLimit:
             await problem_for(self._too_large()).response()(scope, receive, send)
             return
         seen = 0
+        content_type = next((v for k, v in scope["headers"] if k == b"content-type"), None)
+        json_body = is_json_media_type(content_type)
 
         async def counting_receive() -> Message:
             nonlocal seen
+            if not json_body:
+                raise UnsupportedMediaTypeError(
+                    "the body must be JSON: send Content-Type: application/json", field="header.content-type"
+                )
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))

@@ -63,29 +63,62 @@ class FhirBundle(_Lenient):
 
 
 class FhirAuthorization(_Lenient):
+    """https://cds-hooks.hl7.org/2.0/#passing-the-access-token-to-the-cds-service
+
+    Only `access_token` is read (sent as a Bearer token to fhirServer); token_type, expires_in, scope,
+    subject and patient are accepted as the client sends them and not read.
+    """
+
     access_token: str
-    token_type: Literal["Bearer"] = "Bearer"  # noqa: S105 - the scheme name, not a secret
-    expires_in: int | None = None
-    scope: str | None = None
-    subject: str | None = None
-    patient: str | None = None
+
+
+class FhirResource(BaseModel):
+    """Any FHIR resource (a Bundle included); intake validates the types the rules read."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    resourceType: str
+
+
+class HookContext(BaseModel):
+    """The hook's context: patientId; userId, encounterId and others are accepted.
+
+    order-sign also needs `draftOrders`, a Bundle of the orders being signed (checked by that service).
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    patientId: str = Field(min_length=1)
+
+
+class Prefetch(BaseModel):
+    """Per key: a FHIR resource or searchset Bundle, or null for no data. An absent key or an
+    OperationOutcome is fetched from fhirServer. Keys the services do not advertise are ignored."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    patient: FhirResource | None = None
+    observations: FhirResource | None = None
+    conditions: FhirResource | None = None
+    medicationRequests: FhirResource | None = None
+    medicationStatements: FhirResource | None = None
+    questionnaireResponses: FhirResource | None = None
 
 
 class HookRequestBody(_Lenient):
-    """https://cds-hooks.hl7.org/2.0/#http-request_1 (validated by cds.intake.read_hook_request)."""
+    """https://cds-hooks.hl7.org/2.0/#http-request_1 (validated by cds.intake.read_hook_request).
 
-    hook: str
-    hookInstance: str
+    The schema says what read_hook_request requires, so that a request valid by it is refused only
+    for its FHIR content, its hook name, or a missing prefetch key; what the service does not read
+    is left open.
+    """
+
+    hook: str = Field(min_length=1, description="Must be the hook of the service called.")
+    hookInstance: str = Field(min_length=1, max_length=255, description="A UUID.")
     fhirServer: str | None = None
     fhirAuthorization: FhirAuthorization | None = None
-    context: dict[str, Any] = Field(
-        description="patientId, userId; for order-sign also draftOrders (a FHIR Bundle)."
-    )
-    prefetch: dict[str, dict[str, Any] | None] | None = Field(
-        default=None,
-        description="Per key: a FHIR resource or searchset Bundle, null for no data. An absent key or an "
-        "OperationOutcome is fetched from fhirServer.",
-    )
+    context: HookContext
+    prefetch: Prefetch | None = None
 
 
 class Link(BaseModel):

@@ -4,7 +4,7 @@ The exception's class hierarchy is walked (MRO) until a type in `RULES` matches;
 text to choose a status.
 
     exception                         status  issue.code   issue.expression
-    CdsError (by its .status)         4xx     invalid / not-found / incomplete / too-long   .field
+    CdsError (by its .status)         4xx     invalid / not-found / incomplete / too-long / not-supported   .field
     cds.fhirclient.FhirFetchError     412     incomplete   prefetch.<key>
     cds.security.AuthError            401     login        (none: no detail that helps an attacker)
     cds.store.UnknownCardError        400     not-found    feedback.card
@@ -177,10 +177,16 @@ DESCRIPTIONS: Final[Mapping[int, str]] = {
     404: "Unknown CDS service id.",
     412: "A prefetch key was not sent and could not be fetched from fhirServer; issue.expression names it.",
     413: "The body is larger than the configured limit.",
+    415: "The body is not sent as JSON (Content-Type application/json or application/fhir+json).",
     503: "The feedback and audit store is unavailable; see Retry-After.",
 }
 
 
 def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` entries for these error statuses, all with the OperationOutcome schema."""
+    """OpenAPI `responses` entries for these error statuses, all with the OperationOutcome schema.
+
+    An endpoint that documents 413 reads a body, so it can answer 415 too (cds.api.middleware.BodyLimit).
+    """
+    if 413 in statuses and 415 not in statuses:
+        statuses = (*statuses, 415)
     return {status: {"model": OperationOutcome, "description": DESCRIPTIONS[status]} for status in statuses}
