@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import socket
@@ -121,46 +120,18 @@ def hey_path() -> str:
     return found
 
 
-_LATENCY = re.compile(r"^\s+(\d+(?:\.\d+)?)% in (\d+(?:\.\d+)?) secs", re.M)
+def hey_command(body: Path, concurrency: int) -> list[str]:
+    return [hey_path(), "-c", str(concurrency), "-m", "POST", "-T", "application/json", "-D", str(body)]
 
 
-def run_hey(
-    url: str, body: Path, *, concurrency: int, duration_s: float | None = None, requests: int | None = None
-) -> dict[str, Any]:
-    """One `hey` run; returns requests/s, latency percentiles (ms) and status counts."""
-    command = [hey_path(), "-c", str(concurrency), "-m", "POST", "-T", "application/json", "-D", str(body)]
-    command += ["-z", f"{duration_s}s"] if duration_s else ["-n", str(requests or 200)]
-    output = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
-    latencies = {f"p{p}": float(s) * 1000 for p, s in _LATENCY.findall(output)}
-    statuses = {int(code): int(count) for code, count in re.findall(r"\[(\d{3})\]\s+(\d+) responses", output)}
-    # hey reports p10..p99; p99.9 comes from a CSV pass only when asked, so compute it from the raw rows.
-    return {
-        "rps": rps,
-        "latency_ms": latencies,
-        "statuses": statuses,
-        "errors": "Error distribution" in output,
-    }
+def send_requests(url: str, body: Path, *, count: int, concurrency: int = 8) -> None:
+    """Fire `count` requests and wait for them (warm-up and memory runs; no figures kept)."""
+    subprocess.run([*hey_command(body, concurrency), "-n", str(count), url], capture_output=True, check=True)
 
 
 def run_hey_csv(url: str, body: Path, *, concurrency: int, duration_s: float) -> dict[str, Any]:
-    """Like `run_hey` but from hey's per-request CSV, so p99.9 and non-200 counts are exact."""
-    command = [
-        hey_path(),
-        "-c",
-        str(concurrency),
-        "-m",
-        "POST",
-        "-T",
-        "application/json",
-        "-D",
-        str(body),
-        "-z",
-        f"{duration_s}s",
-        "-o",
-        "csv",
-        url,
-    ]
+    """One timed `hey` run, read from its per-request CSV so that p99.9 and non-200 counts are exact."""
+    command = [*hey_command(body, concurrency), "-z", f"{duration_s}s", "-o", "csv", url]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     rows = [line.split(",") for line in output.splitlines()[1:] if line]
     latencies = sorted(float(r[0]) * 1000 for r in rows)

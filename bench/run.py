@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from bench.inprocess import bench_inprocess, bench_inprocess_memory
-from bench.load import cds_server, echo_server, free_port, hey_path, rss_mb, run_hey_csv
+from bench.load import cds_server, echo_server, free_port, rss_mb, run_hey_csv, send_requests
 from bench.patients import as_hook_request, make_patient
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -99,44 +99,10 @@ def bench_server_memory(*, calls: int, workdir: Path) -> dict[str, Any]:
     port = free_port()
     with cds_server(port, 1, workdir / "memory.sqlite3") as running:
         url = running.base_url + "/cds-services/cramp-assessment"
-        subprocess.run(
-            [
-                hey_path(),
-                "-n",
-                "2000",
-                "-c",
-                "8",
-                "-m",
-                "POST",
-                "-T",
-                "application/json",
-                "-D",
-                str(body),
-                url,
-            ],
-            capture_output=True,
-            check=True,
-        )
+        send_requests(url, body, count=2000)
         pid = running.worker_pids()[0]
         before = rss_mb(pid)
-        subprocess.run(
-            [
-                hey_path(),
-                "-n",
-                str(calls),
-                "-c",
-                "8",
-                "-m",
-                "POST",
-                "-T",
-                "application/json",
-                "-D",
-                str(body),
-                url,
-            ],
-            capture_output=True,
-            check=True,
-        )
+        send_requests(url, body, count=calls)
         after = rss_mb(pid)
     return {
         "calls": calls,
