@@ -120,7 +120,8 @@ def latest_observations(
     unreadable status or date) is kept, so validation still reports it.
     """
     codes = pack.analyte_by_code
-    best: dict[tuple[Any, str], tuple[datetime, int]] = {}
+    # Results tied on time are all kept: _read_labs picks among them by content, not by entry order.
+    best: dict[tuple[Any, str], tuple[datetime, list[int]]] = {}
     drop: set[int] = set()
     for index, (_, resource, _) in enumerate(entries):
         if (
@@ -138,8 +139,10 @@ def latest_observations(
         current = best.get(key)
         if current is None or when > current[0]:
             if current is not None:
-                drop.add(current[1])
-            best[key] = (when, index)
+                drop.update(current[1])
+            best[key] = (when, [index])
+        elif when == current[0]:
+            current[1].append(index)
         else:
             drop.add(index)
     return [entry for index, entry in enumerate(entries) if index not in drop]
@@ -336,10 +339,24 @@ def _read_labs(
         if when < window_start:
             continue
         current = latest.get(analyte_name)
-        if current is None or when > current[0]:
+        if current is not None and when == current[0]:
+            # CAUTION: two results of one analyte at the same time. Which counts must not depend on
+            # the order of the entries; the choice is announced.
+            chosen = max(current[1], resource, key=_tie_key)
+            record.notes.append(
+                f"{current[1].key} and {resource.key} report {pack.analytes[analyte_name].display} at the "
+                f"same time; {chosen.key} counted"
+            )
+            latest[analyte_name] = (when, chosen)
+        elif current is None or when > current[0]:
             latest[analyte_name] = (when, resource)
     for name, (when, resource) in latest.items():
         record.labs[name] = _lab_result(name, pack.analytes[name], resource, when, record.notes)
+
+
+def _tie_key(resource: Resource) -> tuple[str, str]:
+    """An order-independent preference between results with the same time: by id, then by content."""
+    return (str(resource.model.id or ""), str(resource.model.model_dump_json()))
 
 
 def _analyte_of(obs: Any, pack: RulePack) -> str | None:
