@@ -43,3 +43,11 @@ bench: $(STAMP)
 # Regenerate the compiled-rules golden file after a deliberate rule change; review the diff.
 goldens: $(STAMP)
 	$(BIN)/cds rules compile > tests/golden/compiled-rules.json
+
+# Coverage-guided fuzzing of the request parser (tests/fuzz/fuzz_request.py) for FUZZ_SECONDS; inputs
+# that reach new code go to var/fuzz-corpus, a crashing input to var/fuzz-crash-<hash>.
+FUZZ_SECONDS ?= 600
+fuzz: $(STAMP)
+	mkdir -p var/fuzz-corpus
+	$(BIN)/python tests/fuzz/fuzz_request.py var/fuzz-corpus tests/fuzz/corpus \
+		-dict=tests/fuzz/fhir.dict -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -artifact_prefix=var/fuzz-

@@ -182,6 +182,12 @@ def read_hook_request(document: Any) -> HookRequest:
         prefetch = {}
     if not isinstance(prefetch, dict):
         raise ShapeError("must be an object", field="prefetch")
+    # What was sent is checked before anything missing is fetched: a bad value is the client's 400,
+    # found without a round trip to fhirServer (and never hidden behind a 412 for another key).
+    for key in PREFETCH_KEYS:
+        value = prefetch.get(key)
+        if value is not None and not (isinstance(value, dict) and isinstance(value.get("resourceType"), str)):
+            raise ShapeError("must be a FHIR resource or Bundle, or null", field=f"prefetch.{key}")
     server = document.get("fhirServer")
     if server is not None and not isinstance(server, str):
         raise ShapeError("must be a string", field="fhirServer")
@@ -228,7 +234,7 @@ def bundle_entries(
 ) -> list[tuple[str, Mapping[str, Any], str]]:
     """(where, resource, fullUrl) for each entry that carries a resource."""
     kind = bundle.get("type")
-    if kind not in BUNDLE_TYPES:
+    if not isinstance(kind, str) or kind not in BUNDLE_TYPES:
         raise ShapeError(
             f"Bundle.type must be one of {', '.join(sorted(BUNDLE_TYPES))}", field=f"{where}.type"
         )
@@ -301,6 +307,15 @@ def validate_entries(
             raise _fhir_error(exc, label) from None
         except (ValueError, TypeError) as exc:
             raise FhirValidationError(str(exc), resource=label) from None
+        except RecursionError:
+            # e.g. QuestionnaireResponse items nested a few hundred deep; fhir.resources recurses per level.
+            raise FhirValidationError("is nested too deeply to read", resource=label) from None
+        except LookupError as exc:
+            # fhir.resources raises KeyError for a nested resource of unknown type (e.g. in contained).
+            raise FhirValidationError(
+                f"holds a nested resource of unknown type or a member that cannot be read ({exc})",
+                resource=label,
+            ) from None
         key = label if "/" in label else f"{kind}/#{where}"
         submission.resources.append(Resource(type=kind, key=key, full_url=full_url or None, model=model))
     if ignored:

@@ -101,11 +101,7 @@ def observation_wanted(pack: RulePack) -> Any:
     codes = pack.analyte_by_code
 
     def wanted(resource: Mapping[str, Any]) -> bool:
-        code = resource.get("code")
-        codings = code.get("coding") if isinstance(code, dict) else None
-        if not isinstance(codings, list):
-            return False
-        return any(isinstance(c, dict) and (c.get("system"), c.get("code")) in codes for c in codings)
+        return any(pair in codes for pair in _raw_codings(resource.get("code")))
 
     return wanted
 
@@ -124,9 +120,11 @@ def latest_observations(
     best: dict[tuple[Any, str], tuple[datetime, list[int]]] = {}
     drop: set[int] = set()
     for index, (_, resource, _) in enumerate(entries):
+        status = resource.get("status")
         if (
             resource.get("resourceType") != "Observation"
-            or resource.get("status") not in OBSERVATION_STATUSES
+            or not isinstance(status, str)  # raw JSON: may be any value (validation reports it)
+            or status not in OBSERVATION_STATUSES
         ):
             continue
         analyte = next((codes[p] for p in _raw_codings(resource.get("code")) if p in codes), None)
@@ -135,7 +133,8 @@ def latest_observations(
         if analyte is None or when is None or is_after(raw, now):
             continue
         subject = resource.get("subject")
-        key = (subject.get("reference") if isinstance(subject, dict) else None, analyte)
+        reference = subject.get("reference") if isinstance(subject, dict) else None
+        key = (reference if isinstance(reference, str) else None, analyte)
         current = best.get(key)
         if current is None or when > current[0]:
             if current is not None:
@@ -195,10 +194,13 @@ def medication_wanted(pack: RulePack) -> Any:
 
 
 def _raw_codings(concept: Any) -> list[tuple[Any, Any]]:
+    """(system, code) pairs of unvalidated JSON; pairs that are not strings (so not hashable, and
+    invalid FHIR anyway) are left out, since these filters look them up in sets."""
     codings = concept.get("coding") if isinstance(concept, dict) else None
     if not isinstance(codings, list):
         return []
-    return [(c.get("system"), c.get("code")) for c in codings if isinstance(c, dict)]
+    pairs = [(c.get("system"), c.get("code")) for c in codings if isinstance(c, dict)]
+    return [(s, c) for s, c in pairs if isinstance(s, str | None) and isinstance(c, str | None)]
 
 
 def _raw_text(concept: Any) -> str:
@@ -318,6 +320,7 @@ def _read_labs(
     record: PatientRecord, observations: Sequence[Resource], pack: RulePack, now: datetime
 ) -> None:
     latest: dict[str, tuple[datetime, Resource]] = {}
+    stale: dict[str, tuple[datetime, Resource]] = {}  # per analyte, the newest result older than its window
     for resource in observations:
         obs = resource.model
         if obs.status not in OBSERVATION_STATUSES:
@@ -337,6 +340,9 @@ def _read_labs(
         analyte = pack.analytes[analyte_name]
         window_start = start_of_day(subtract_months(now, analyte.recent_months))
         if when < window_start:
+            older = stale.get(analyte_name)
+            if older is None or (when, _tie_key(resource)) > (older[0], _tie_key(older[1])):
+                stale[analyte_name] = (when, resource)
             continue
         current = latest.get(analyte_name)
         if current is not None and when == current[0]:
@@ -350,6 +356,12 @@ def _read_labs(
             latest[analyte_name] = (when, chosen)
         elif current is None or when > current[0]:
             latest[analyte_name] = (when, resource)
+    for name, (_, resource) in stale.items():
+        if name not in latest:  # only the newest result is read: say why there is none for this analyte
+            analyte = pack.analytes[name]
+            record.notes.append(
+                f"{resource.key}: {analyte.display} is older than {analyte.recent_months} months; not counted"
+            )
     for name, (when, resource) in latest.items():
         record.labs[name] = _lab_result(name, pack.analytes[name], resource, when, record.notes)
 

@@ -8,10 +8,8 @@ refused with a 4xx. The seed is fixed, so CI runs the same cases every time.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -32,6 +30,7 @@ from cds.evaluation import Evaluator
 from cds.intake import PREFETCH_KEYS
 from cds.rulepack import RulePack
 from tests.support.api import NOW, Api, Issuer, running, secure_settings
+from tests.support.figures import record_figures
 
 SEED = 20260601
 # Per operation and generation phase; with the coverage phase's own boundary cases this gives a few
@@ -58,7 +57,6 @@ CHECKS = [
 ]
 SERVICE_IDS = {"cramp-assessment": "patient-view", "calcium-order-check": "order-sign"}
 OPEN_ROUTES = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"})
-RESULTS = Path(__file__).resolve().parent.parent / "bench" / "results" / "hardening.json"
 
 # (run, operation) -> status -> count; filled by the two runs, reported by test_report_the_case_counts.
 TALLY: dict[tuple[str, str], Counter[int]] = {}
@@ -158,10 +156,7 @@ def test_report_the_case_counts() -> None:
     for name, statuses in operations.items():
         print(f"  {name}: {statuses}")
     figures = {"cases": total, "cases_by_run": per_run, "statuses": operations, "seed": SEED}
-    existing: dict[str, Any] = json.loads(RESULTS.read_text(encoding="utf-8")) if RESULTS.exists() else {}
-    existing["schemathesis"] = figures
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(existing, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    record_figures("schemathesis", figures)
     assert total >= 2000
     jwt_ok = {label for (run, label), c in TALLY.items() if run == "jwt" and c[200]}
     assert "POST /cds-services/{service_id}" in jwt_ok, "no hook call got through with a valid JWT"
