@@ -464,27 +464,31 @@ class TokenVerifier:
 
 
 class JtiCache:
-    """JWT ids accepted while the shared store was down, held in this process until written to it.
+    """JWT ids this worker accepted recently, so replay protection survives a store outage.
 
-    Replay protection must not stop when the store does, and must not let a token through twice
-    either: while the store is down each worker refuses a jti it has already seen itself, and once the
-    store is back `drain` hands the ids over so every worker knows them.
+    Every id the store accepted is noted here too (`note`, evicting the oldest when full), so a token
+    used before an outage is still refused when replayed during it. While the store is down, ids are
+    accepted here (`remember`) and kept pending until `drain` hands them to the store, so that every
+    worker knows them once it is back.
 
-        cache.remember("https://ehr", "j1", expires, now)   # True: first use
+        cache.remember("https://ehr", "j1", expires, now)   # True: first use (store down)
         cache.remember("https://ehr", "j1", expires, now)   # False: a replay
         cache.drain()                                       # [("https://ehr", "j1", expires)]
 
-    Bounded: at `capacity` live ids `remember` raises OverflowError (the caller answers 503).
+    CAUTION: during an outage a replay on another worker is not caught. When `capacity` ids are
+    pending, `remember` raises OverflowError (the caller answers 503).
     """
 
     def __init__(self, capacity: int = 100_000) -> None:
         self._capacity = capacity
         self._seen: dict[tuple[str, str], datetime] = {}
+        self._pending: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
+        """How many ids wait to be written to the store."""
         with self._lock:
-            return len(self._seen)
+            return len(self._pending)
 
     def seen(self, iss: str, jti: str, now: datetime) -> bool:
         """True when (iss, jti) was accepted here and could still be replayed."""
@@ -492,24 +496,44 @@ class JtiCache:
             expires_at = self._seen.get((iss, jti))
             return expires_at is not None and expires_at > now
 
+    def _make_room(self, now: datetime) -> None:
+        if len(self._seen) < self._capacity:
+            return
+        self._seen = {k: v for k, v in self._seen.items() if v > now or k in self._pending}
+        for key in list(self._seen):  # oldest first; pending ids are never dropped
+            if len(self._seen) < self._capacity:
+                return
+            if key not in self._pending:
+                del self._seen[key]
+        if len(self._seen) >= self._capacity:
+            raise OverflowError("too many JWT ids held while the store is down")
+
+    def note(self, iss: str, jti: str, expires_at: datetime, now: datetime) -> None:
+        """Remember an id the store accepted (best effort: the store stays the authority)."""
+        with self._lock:
+            try:
+                self._make_room(now)
+            except OverflowError:
+                return
+            self._seen[(iss, jti)] = expires_at
+
     def remember(self, iss: str, jti: str, expires_at: datetime, now: datetime) -> bool:
-        """Record a first use; False when it is a replay."""
+        """Accept a first use while the store is down; False when it is a replay."""
         with self._lock:
             known = self._seen.get((iss, jti))
             if known is not None and known > now:
                 return False
-            if len(self._seen) >= self._capacity:
-                self._seen = {k: v for k, v in self._seen.items() if v > now}
-                if len(self._seen) >= self._capacity:
-                    raise OverflowError("too many JWT ids held while the store is down")
+            self._make_room(now)
             self._seen[(iss, jti)] = expires_at
+            self._pending.add((iss, jti))
             return True
 
     def drain(self) -> list[tuple[str, str, datetime]]:
-        """The ids held, as (iss, jti, expires_at); call `forget` for each once the store has it."""
+        """The pending ids, as (iss, jti, expires_at); call `forget` for each once the store has it."""
         with self._lock:
-            return [(iss, jti, expires_at) for (iss, jti), expires_at in self._seen.items()]
+            return [(iss, jti, self._seen[(iss, jti)]) for iss, jti in self._pending]
 
     def forget(self, iss: str, jti: str) -> None:
+        """The store has this id now: no longer pending (still refused here until it expires)."""
         with self._lock:
-            self._seen.pop((iss, jti), None)
+            self._pending.discard((iss, jti))

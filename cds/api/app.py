@@ -110,12 +110,15 @@ def build_verifier(
             return False
         try:
             with gate():
-                return store.remember_jti(iss=iss, jti=jti, expires_at=expires_at, now=now)
+                fresh = store.remember_jti(iss=iss, jti=jti, expires_at=expires_at, now=now)
         except StoreUnavailableError:
             try:
                 return cache.remember(iss, jti, expires_at, now)
             except OverflowError:
                 raise StoreUnavailableError("store unavailable and the JWT id cache is full") from None
+        if fresh:
+            cache.note(iss, jti, expires_at, now)
+        return fresh
 
     return TokenVerifier(
         load_trusted_issuers(settings.trusted_issuers),
