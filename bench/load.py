@@ -36,6 +36,8 @@ class Server:
         """uvicorn's worker processes (children of the supervisor), or the server itself with one worker."""
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
         pids = [int(p) for p in children.read_text().split()] if children.exists() else []
+        # multiprocessing's resource tracker is a child too, but it serves no requests.
+        pids = [p for p in pids if b"resource_tracker" not in Path(f"/proc/{p}/cmdline").read_bytes()]
         return pids or [self.process.pid]
 
 
