@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import FIXTURES, ROOT, RULES, load_fixture
+from tests.conftest import FIXTURES, RULES, load_fixture
+from tests.support.cli import cds
 
-CDS = ROOT / ".venv" / "bin" / "cds"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text(encoding="utf-8"))
 CAUSE_TOPICS = {
     "calcium-absorption",
@@ -22,16 +21,6 @@ CAUSE_TOPICS = {
     "neuromuscular",
     "seek-care",
 }
-
-
-def cds(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    if not CDS.exists():
-        pytest.skip("the console script is not installed in .venv (run make install)")
-    done = subprocess.run(
-        [str(CDS), *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
-    )
-    assert "Traceback" not in done.stderr
-    return done
 
 
 def topics_of(stdout: str) -> list[str]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,9 +14,9 @@ from typing import Any
 import pytest
 
 from cds.evaluation import Evaluation, Evaluator
-from tests.conftest import FROZEN_NOW, ROOT, SHARED_EXAMPLES, shared_examples
+from tests.conftest import FROZEN_NOW, SHARED_EXAMPLES, shared_examples
+from tests.support.cli import cds
 
-CDS = ROOT / ".venv" / "bin" / "cds"
 QUESTIONNAIRE = "https://cramp-cds.example.org/fhir/Questionnaire/cramp-assessment"
 
 
@@ -50,16 +49,6 @@ def cramps_for(subject: str, per_week: int = 2) -> dict[str, Any]:
         "authored": "2026-05-30T10:00:00Z",
         "item": [{"linkId": "cramp-frequency", "answer": [{"valueInteger": per_week}]}],
     }
-
-
-def cds(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    if not CDS.exists():
-        pytest.skip("the console script is not installed in .venv (run make install)")
-    done = subprocess.run(
-        [str(CDS), *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
-    )
-    assert "Traceback" not in done.stderr
-    return done
 
 
 def evidence_refs(result: Evaluation) -> set[str]:
