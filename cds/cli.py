@@ -102,12 +102,18 @@ def rules() -> None:
 )
 def rules_check(rules_dir: Path) -> None:
     """Load and validate every file of the rule pack."""
+    from cds.hazards import load_hazards
+
     evaluator = load_evaluator(rules_dir)
     pack = evaluator.pack
+    try:
+        hazards = load_hazards(pack)
+    except CdsError as exc:
+        fail(str(exc))
     click.echo(
         f"rule pack {pack.manifest.id} {pack.version}: {len(pack.compiled)} rules in {len(pack.topics)} topics, "
         f"{len(pack.analytes)} analytes, {len(pack.valuesets.conditions)} condition and "
-        f"{len(pack.valuesets.medications)} medication value sets: OK"
+        f"{len(pack.valuesets.medications)} medication value sets, {len(hazards.hazards)} hazards: OK"
     )
 
 
