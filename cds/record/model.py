@@ -1,0 +1,47 @@
+"""The normalised record of one patient: what each reader below produces."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+@dataclass(frozen=True)
+class LabResult:
+    analyte: str
+    band: str  # low | normal | high | indeterminate | positive | negative
+    grade: str | None
+    value: float | None
+    unit: str | None
+    display: str
+    when: datetime
+    ref: str
+    basis: str  # interpretation | reference-range | default | coded
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A resource that falls in a value set."""
+
+    group: str
+    ref: str
+    display: str
+    onset_months: int | None = None
+
+
+@dataclass(frozen=True)
+class Answer:
+    link_id: str
+    value: bool | int
+    ref: str
+
+
+@dataclass
+class PatientRecord:
+    patient_key: str | None
+    age: int | None
+    labs: dict[str, LabResult] = field(default_factory=dict)
+    conditions: list[Hit] = field(default_factory=list)
+    medications: list[Hit] = field(default_factory=list)
+    answers: dict[str, Answer] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
