@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -34,7 +35,8 @@ _KEY_TYPE = {"ES256": "EC", "ES384": "EC", "RS256": "RSA", "RS384": "RSA"}
 _EC_CURVE = {"ES256": "P-256", "ES384": "P-384"}
 _PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "k")
 _MAX_JWKS_BYTES = 1 << 20
-_HTTP_TIMEOUT_SECONDS = 5.0
+# A key fetch gets this long in all (connect, each read and the whole body), then counts as failed.
+JWKS_DEADLINE_SECONDS = 3.0
 _MAX_ID_LENGTH = 255
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -80,12 +82,12 @@ class Claims:
     """The verified claims of a CDS client token."""
 
     iss: str
-    sub: str
     aud: str
     jti: str
     exp: datetime
     iat: datetime
     tenant: str | None = None
+    sub: str | None = None
 
 
 # --------------------------------------------------------------------------- JWKS parsing
@@ -124,18 +126,28 @@ def _check_url(url: object) -> str:
 
 
 def _default_http_get(url: str) -> bytes:
-    """GET a JWKS with a timeout, no redirects and a size cap."""
+    """GET a JWKS: no redirects, at most `_MAX_JWKS_BYTES`, and `JWKS_DEADLINE_SECONDS` in all.
+
+    httpx's timeout bounds each connect and each read; the deadline also bounds a server that
+    trickles bytes, checked after every chunk.
+    """
+    deadline = time.monotonic() + JWKS_DEADLINE_SECONDS
     chunks: list[bytes] = []
     size = 0
     with (
-        httpx.Client(timeout=_HTTP_TIMEOUT_SECONDS, follow_redirects=False) as client,
+        httpx.Client(timeout=JWKS_DEADLINE_SECONDS, follow_redirects=False, trust_env=False) as client,
         client.stream("GET", url, headers={"Accept": "application/json"}) as response,
     ):
         response.raise_for_status()
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > _MAX_JWKS_BYTES:
+            raise ValueError(f"JWKS at {url} is larger than {_MAX_JWKS_BYTES} bytes")
         for chunk in response.iter_bytes():
             size += len(chunk)
             if size > _MAX_JWKS_BYTES:
                 raise ValueError(f"JWKS at {url} is larger than {_MAX_JWKS_BYTES} bytes")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"JWKS at {url} took longer than {JWKS_DEADLINE_SECONDS} s")
             chunks.append(chunk)
     return b"".join(chunks)
 
@@ -217,21 +229,101 @@ def _load_issuer(path: Path, where: str, entry: object) -> TrustedIssuer:
     )
 
 
-# --------------------------------------------------------------------------- verification
-
-
-@dataclass
-class _CachedKeys:
-    keys: dict[str, dict[str, Any]]
-    fetched_at: datetime  # last successful load
-    attempted_at: datetime  # last load attempt, successful or not
-
-
 @dataclass(frozen=True)
 class _KeySource:
     kind: str  # "inline", "file" or "url"
     location: str
     inline: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False, hash=False)
+
+
+class _KeyCache:
+    """The keys of one JWKS file or URL: loaded by one caller at a time, failures remembered.
+
+    Each source has its own cache and lock, and the lock is never held while loading, so a key
+    server that accepts connections and never answers delays only tokens naming it, and at most
+    once per back-off period:
+
+    - concurrent callers that need a load share it (one request to the key server); they wait for
+      it only when there is nothing to fall back on (no keys yet, no failure yet) and at most
+      `wait_seconds`; otherwise they go on with the keys they have, or fail at once;
+    - after a failed load the source is not asked again before `backoff` (doubling from
+      `backoff_seconds` up to `max_backoff_seconds` while it keeps failing); keys fetched earlier
+      stay in use meanwhile;
+    - an unknown kid (a client rotated its keys) reloads at most every `min_refetch`.
+    """
+
+    def __init__(
+        self,
+        source: _KeySource,
+        load: Callable[[_KeySource], dict[str, dict[str, Any]]],
+        *,
+        ttl: timedelta,
+        min_refetch: timedelta,
+        backoff: timedelta,
+        max_backoff: timedelta,
+        wait_seconds: float,
+    ) -> None:
+        self.source = source
+        self._load = load
+        self._ttl = ttl
+        self._min_refetch = min_refetch
+        self._backoff = backoff
+        self._max_backoff = max_backoff
+        self._wait_seconds = wait_seconds
+        self._state = threading.Condition()
+        self._loading = False
+        self._keys: dict[str, dict[str, Any]] | None = None
+        self._fetched_at: datetime | None = None
+        self._attempted_at: datetime | None = None
+        self._failures = 0
+        self._retry_at: datetime | None = None
+        self.loads = 0  # how many loads were started (for tests and metrics)
+
+    def _wants_load(self, kid: str, now: datetime) -> bool:
+        if self._retry_at is not None and now < self._retry_at:
+            return False  # backing off after a failure
+        if self._keys is None or self._fetched_at is None or now - self._fetched_at >= self._ttl:
+            return True
+        return kid not in self._keys and (
+            self._attempted_at is None or now - self._attempted_at >= self._min_refetch
+        )
+
+    def _answer(self, kid: str) -> dict[str, Any] | None:
+        if self._keys is None:
+            raise AuthError("jwks_unavailable", self.source.location)
+        return self._keys.get(kid)
+
+    def key(self, kid: str, now: datetime) -> dict[str, Any] | None:
+        """The JWK named `kid`, None when the source does not have it; AuthError when it cannot be read."""
+        with self._state:
+            if not self._wants_load(kid, now):
+                return self._answer(kid)
+            if self._loading:
+                if self._keys is not None or self._failures:
+                    return self._answer(kid)  # never queue behind a load when there is an answer now
+                self._state.wait_for(lambda: not self._loading, timeout=self._wait_seconds)
+                return self._answer(kid)
+            self._loading = True
+            self.loads += 1
+        keys: dict[str, dict[str, Any]] | None = None
+        try:
+            keys = self._load(self.source)
+        except Exception:  # any fetch or parse failure is remembered; stale keys stay in use
+            keys = None
+        finally:
+            with self._state:
+                self._loading = False
+                self._attempted_at = now
+                if keys is not None:
+                    self._keys, self._fetched_at = keys, now
+                    self._failures, self._retry_at = 0, None
+                else:
+                    self._failures += 1
+                    pause = min(self._backoff * 2 ** min(self._failures - 1, 16), self._max_backoff)
+                    self._retry_at = now + pause
+                self._state.notify_all()
+        with self._state:
+            return self._answer(kid)
 
 
 def _source_for(issuer: TrustedIssuer) -> _KeySource:
@@ -281,6 +373,9 @@ class TokenVerifier:
         http_get: Callable[[str], bytes] | None = None,
         jwks_ttl_seconds: int = 300,
         jwks_min_refetch_seconds: int = 30,
+        jwks_backoff_seconds: float = 5,
+        jwks_max_backoff_seconds: float = 300,
+        jwks_wait_seconds: float = JWKS_DEADLINE_SECONDS + 1,
     ) -> None:
         if leeway_seconds < 0 or max_lifetime_seconds <= 0 or jwks_ttl_seconds < 0:
             raise ValueError("leeway, lifetime and TTL must be non-negative (lifetime positive)")
@@ -298,10 +393,22 @@ class TokenVerifier:
         self._max_lifetime = timedelta(seconds=max_lifetime_seconds)
         self._clock = clock
         self._http_get = http_get or _default_http_get
-        self._ttl = timedelta(seconds=jwks_ttl_seconds)
-        self._min_refetch = timedelta(seconds=jwks_min_refetch_seconds)
-        self._cache: dict[_KeySource, _CachedKeys] = {}
-        self._lock = threading.Lock()
+        # One cache per key file or URL (configured or allow-listed as a jku), all made up front:
+        # nothing a token says can add one, and no lock is shared between them.
+        locations = {s for s in self._sources.values() if s.kind != "inline"}
+        locations.update(_KeySource("url", url) for i in self._issuers.values() for url in i.jku_allow)
+        self._caches: dict[_KeySource, _KeyCache] = {
+            source: _KeyCache(
+                source,
+                self._load,
+                ttl=timedelta(seconds=jwks_ttl_seconds),
+                min_refetch=timedelta(seconds=jwks_min_refetch_seconds),
+                backoff=timedelta(seconds=jwks_backoff_seconds),
+                max_backoff=timedelta(seconds=jwks_max_backoff_seconds),
+                wait_seconds=jwks_wait_seconds,
+            )
+            for source in locations
+        }
 
     # ------------------------------------------------------------------ keys
 
@@ -310,34 +417,23 @@ class TokenVerifier:
             return _read_jwks_bytes(Path(source.location).read_bytes())
         return _read_jwks_bytes(self._http_get(source.location))
 
-    def _refresh(self, source: _KeySource, entry: _CachedKeys | None, now: datetime) -> _CachedKeys:
-        try:
-            keys = self._load(source)
-        except Exception as error:  # any fetch or parse failure: keep serving stale keys if we have them
-            if entry is None:
-                raise AuthError("jwks_unavailable", f"{source.location}: {error}") from error
-            entry.attempted_at = now
-            return entry
-        fresh = _CachedKeys(keys=keys, fetched_at=now, attempted_at=now)
-        self._cache[source] = fresh
-        return fresh
+    def key_loads(self, url_or_path: str) -> int:
+        """How many times the keys at `url_or_path` were (re)loaded: failures are remembered, see _KeyCache."""
+        return sum(c.loads for s, c in self._caches.items() if s.location == url_or_path)
 
-    def _find_key(self, source: _KeySource, kid: str) -> dict[str, Any]:
+    def _lookup(self, source: _KeySource, kid: str) -> dict[str, Any] | None:
         if source.kind == "inline":
-            jwk = source.inline.get(kid)
-            if jwk is None:
-                raise AuthError("unknown_kid", kid)
-            return jwk
-        with self._lock:
-            now = self._clock()
-            entry = self._cache.get(source)
-            if entry is None or now - entry.fetched_at >= self._ttl:
-                entry = self._refresh(source, entry, now)
-            jwk = entry.keys.get(kid)
-            # An unknown kid may mean the client rotated keys: look once more, but not too often.
-            if jwk is None and now - entry.attempted_at >= self._min_refetch:
-                entry = self._refresh(source, entry, now)
-                jwk = entry.keys.get(kid)
+            return source.inline.get(kid)
+        return self._caches[source].key(kid, self._clock())
+
+    def _find_key(self, issuer: TrustedIssuer, kid: str, jku: object) -> dict[str, Any]:
+        """The issuer's configured keys first; an allow-listed `jku` is read only for a kid they lack."""
+        if jku is not None and (not isinstance(jku, str) or jku not in issuer.jku_allow):
+            raise AuthError("jku_not_allowed", repr(jku))
+        configured = self._sources[issuer.iss]
+        jwk = self._lookup(configured, kid)
+        if jwk is None and isinstance(jku, str) and jku != configured.location:
+            jwk = self._lookup(_KeySource("url", jku), kid)
         if jwk is None:
             raise AuthError("unknown_kid", kid)
         return jwk
@@ -385,13 +481,7 @@ class TokenVerifier:
         if issuer is None:
             raise AuthError("unknown_issuer", iss)
 
-        source = self._sources[iss]
-        jku = header.get("jku")
-        if jku is not None:
-            if not isinstance(jku, str) or jku not in issuer.jku_allow:
-                raise AuthError("jku_not_allowed", repr(jku))
-            source = _KeySource("url", jku)
-        key = self._usable_key(self._find_key(source, kid), alg)
+        key = self._usable_key(self._find_key(issuer, kid, header.get("jku")), alg)
 
         try:
             claims = jwt.decode(
@@ -452,7 +542,10 @@ class TokenVerifier:
         if exp - iat > self._max_lifetime:
             raise AuthError("lifetime_too_long")
 
-        sub = _required_string(claims, "sub")
+        # CDS Hooks 2.0 defines no `sub` (the sandbox sends none): read when present, never required.
+        sub = claims.get("sub")
+        if sub is not None and not isinstance(sub, str):
+            raise AuthError("malformed", "sub")
         jti = _required_string(claims, "jti")
         tenant = claims.get("tenant")
         if tenant is not None and not isinstance(tenant, str):

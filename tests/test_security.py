@@ -317,7 +317,14 @@ CASES = [
     Case("missing-exp", _ok(lambda k: k.ec384, "ES384", "ec384", exp=_DROP), "missing_claim"),
     Case("missing-iat", _ok(lambda k: k.ec384, "ES384", "ec384", iat=_DROP), "missing_claim"),
     Case("missing-jti", _ok(lambda k: k.ec384, "ES384", "ec384", jti=_DROP), "missing_claim"),
-    Case("missing-sub", _ok(lambda k: k.ec384, "ES384", "ec384", sub=_DROP), "missing_claim"),
+    # CDS Hooks 2.0 defines iss, aud, exp, iat, jti and tenant; `sub` and other claims are tolerated.
+    Case("no-sub-as-the-spec-and-the-sandbox", _ok(lambda k: k.ec384, "ES384", "ec384", sub=_DROP), None),
+    Case(
+        "extra-claims-tolerated",
+        _ok(lambda k: k.ec384, "ES384", "ec384", tenant="t-1", scope="x", fhirUser="Practitioner/1"),
+        None,
+    ),
+    Case("sub-not-a-string", _ok(lambda k: k.ec384, "ES384", "ec384", sub=7), "malformed"),
     Case("missing-iss", _ok(lambda k: k.ec384, "ES384", "ec384", iss=_DROP), "missing_claim"),
     Case("exp-not-a-number", _ok(lambda k: k.ec384, "ES384", "ec384", exp="tomorrow"), "malformed"),
     Case(
@@ -343,8 +350,21 @@ CASES = [
         "jku_not_allowed",
     ),
     Case("jku-allow-listed", _jku(lambda c: c.jku_url, lambda k: k.jku384, "jku-ec384"), None),
+    # A kid the issuer's configured keys hold is verified with that key, whatever the jku says.
     Case(
-        "jku-allow-listed-unknown-kid", _jku(lambda c: c.jku_url, lambda k: k.jku384, "ec384"), "unknown_kid"
+        "jku-allow-listed-kid-of-a-configured-key",
+        _jku(lambda c: c.jku_url, lambda k: k.jku384, "ec384"),
+        "bad_signature",
+    ),
+    Case(
+        "jku-allow-listed-kid-in-neither",
+        _jku(lambda c: c.jku_url, lambda k: k.jku384, "nowhere"),
+        "unknown_kid",
+    ),
+    Case(
+        "jku-not-a-string",
+        lambda c: _bearer(_sign(c.keys.ec384, "ES384", "ec384", _claims(), jku=7)),
+        "jku_not_allowed",
     ),
     Case("jwks-url-issuer", _ok(lambda k: k.url384, "ES384", "url-ec384", iss=ISS_URL), None),
     Case("jwks-url-issuer-wrong-key", _ok(lambda k: k.ec384, "ES384", "ec384", iss=ISS_URL), "unknown_kid"),
@@ -420,6 +440,26 @@ def test_replayed_jti_sqlite_store(
         assert second_worker.verify(other, audience=AUD).jti == "other-jti"
     finally:
         store.close()
+
+
+# --------------------------------------------------------------------------- jku
+
+
+def test_a_jku_is_not_fetched_for_a_key_the_issuer_already_has(
+    ctx: Ctx, make_verifier: Callable[..., TokenVerifier]
+) -> None:
+    """An offline deployment with the client's keys configured accepts its tokens, jku or not."""
+    verifier = make_verifier()
+    for n in range(3):
+        known = _sign(ctx.keys.ec384, "ES384", "ec384", _claims(jti=f"k{n}"), jku=ctx.jku_url)
+        assert verifier.verify(_bearer(known), audience=AUD).jti == f"k{n}"
+    assert ctx.server.hits.get("/jku.json", 0) == 0
+    assert verifier.key_loads(ctx.jku_url) == 0
+    # A kid the configured keys lack is looked up at the allow-listed jku: one fetch, then cached.
+    for n in range(3):
+        fetched = _sign(ctx.keys.jku384, "ES384", "jku-ec384", _claims(jti=f"f{n}"), jku=ctx.jku_url)
+        assert verifier.verify(_bearer(fetched), audience=AUD).jti == f"f{n}"
+    assert ctx.server.hits["/jku.json"] == 1
 
 
 # --------------------------------------------------------------------------- JWKS caching
