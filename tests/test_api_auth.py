@@ -5,12 +5,16 @@ Real keys, a real trusted-issuers file, tokens minted per test; every failure is
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -27,6 +31,7 @@ from tests.support.api import (
     secure_settings,
     wait_for_request_log,
 )
+from tests.support.jwks import blackhole
 
 SERVICE = "/cds-services/cramp-assessment"
 
@@ -199,3 +204,53 @@ def test_dev_mode_needs_no_token_and_warns(
     ):
         assert api.client.post(SERVICE, json=hook_request()).status_code == 200
     assert any("AUTHENTICATION IS OFF" in r.getMessage() for r in caplog.records)
+
+
+def test_a_blackholed_issuer_does_not_hold_up_a_healthy_one(
+    tmp_path: Path, pack: RulePack, issuer: Issuer
+) -> None:
+    """Issue 9 class 4: forged tokens naming an issuer whose jwks_url accepts and never answers are in
+    flight; the healthy issuer's tokens are answered meanwhile, and the failure is remembered."""
+    with blackhole() as hole:
+        trusted = tmp_path / "trusted.json"
+        trusted.write_text(
+            json.dumps(
+                {
+                    "issuers": [
+                        {"iss": issuer.iss, "jwks": issuer.jwks()},
+                        {"iss": "https://blackholed.example.org", "jwks_url": hole.url},
+                    ]
+                }
+            )
+        )
+        forger = Issuer(iss="https://blackholed.example.org", kid="any")
+        settings = secure_settings(tmp_path, issuer, trusted_issuers=trusted)
+        with running(settings, evaluator=Evaluator(pack)) as api:
+            url = api.url("/cds-services")
+            statuses: list[int] = []
+
+            def forged() -> None:
+                with httpx.Client(timeout=30) as client:
+                    response = client.get(url, headers=bearer(forger.token(url, now=NOW)))
+                    statuses.append(response.status_code)
+
+            threads = [threading.Thread(target=forged) for _ in range(8)]
+            for thread in threads:
+                thread.start()
+            deadline = time.monotonic() + 10
+            while hole.accepted == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert hole.accepted == 1
+            # A generous bound: the blackholed fetch itself takes JWKS_DEADLINE_SECONDS.
+            with httpx.Client(base_url=api.base, timeout=2.5) as healthy:
+                for _ in range(5):
+                    token = issuer.token(url, now=NOW)
+                    assert healthy.get("/cds-services", headers=bearer(token)).status_code == 200
+            assert statuses == []  # every forged request was still waiting on the blackhole
+            for thread in threads:
+                thread.join(timeout=30)
+            assert statuses == [401] * 8
+            # Remembered: more forged tokens are refused without another connection.
+            for _ in range(5):
+                assert_401(api.client.get("/cds-services", headers=bearer(forger.token(url, now=NOW))))
+            assert hole.accepted == 1

@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -661,3 +662,124 @@ def test_load_trusted_issuers_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_trusted_issuers(tmp_path / "nope.yaml")
     assert caught.value.field == ""
+
+
+# --------------------------------------------------------------------------- one issuer cannot stall the others
+
+
+class SlowKeys:
+    """An injected http_get: fails (or answers `document`) after `release` is set; counts the calls."""
+
+    def __init__(self, document: dict[str, Any] | None = None) -> None:
+        self.document = document
+        self.release = threading.Event()
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, url: str) -> bytes:
+        with self.lock:
+            self.calls += 1
+        self.release.wait(timeout=10)
+        if self.document is None:
+            raise OSError("connection reset")
+        return json.dumps(self.document).encode()
+
+
+def test_a_hanging_key_server_holds_up_only_its_own_issuer(ctx: Ctx, tmp_path: Path) -> None:
+    """Concurrent forged tokens naming the hanging issuer share one fetch; other issuers go on meanwhile."""
+    hanging = SlowKeys()
+    issuers = [
+        *_issuers(ctx, tmp_path),
+        TrustedIssuer(iss="https://hangs.example", jwks_url="https://hangs.example/k"),
+    ]
+    verifier = TokenVerifier(
+        issuers,
+        replay_guard=MemoryReplayGuard(),
+        clock=Clock(),
+        http_get=lambda url: hanging(url) if "hangs" in url else _jwks_bytes(ctx, url),
+    )
+    reasons: list[str] = []
+
+    def forged(n: int) -> None:
+        token = _sign(ctx.keys.impostor384, "ES384", "k", _claims(iss="https://hangs.example", jti=f"x{n}"))
+        try:
+            verifier.verify(_bearer(token), audience=AUD)
+        except AuthError as error:
+            reasons.append(error.reason)
+
+    threads = [threading.Thread(target=forged, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    # While the fetch hangs, each kind of healthy issuer is answered: inline, file and URL keys.
+    for n, (key, alg, kid, iss) in enumerate(
+        [
+            (ctx.keys.ec384, "ES384", "ec384", ISS),
+            (ctx.keys.file_rsa, "RS384", "file-rsa", ISS_FILE),
+            (ctx.keys.url384, "ES384", "url-ec384", ISS_URL),
+        ]
+    ):
+        token = _sign(key, alg, kid, _claims(iss=iss, jti=f"ok{n}"))
+        assert verifier.verify(_bearer(token), audience=AUD).iss == iss
+    assert reasons == []  # the forged ones are all still waiting
+    hanging.release.set()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert reasons == ["jwks_unavailable"] * 8
+    assert hanging.calls == 1  # coalesced: one fetch for eight concurrent tokens
+
+
+def _jwks_bytes(ctx: Ctx, url: str) -> bytes:
+    return httpx.get(url, timeout=5).content
+
+
+def test_failed_key_fetches_are_remembered_with_back_off(ctx: Ctx) -> None:
+    failing = SlowKeys()
+    failing.release.set()
+    clock = Clock()
+    verifier = TokenVerifier(
+        [TrustedIssuer(iss=ISS_URL, jwks_url="https://down.example/jwks")],
+        replay_guard=MemoryReplayGuard(),
+        clock=clock,
+        http_get=failing,
+        jwks_backoff_seconds=5,
+        jwks_max_backoff_seconds=20,
+    )
+
+    def attempt(at_seconds: float) -> str:
+        clock.at = NOW + timedelta(seconds=at_seconds)
+        iat = TS + int(at_seconds)
+        token = _sign(ctx.keys.url384, "ES384", "url-ec384", _claims(iss=ISS_URL, iat=iat, exp=iat + 60))
+        with pytest.raises(AuthError) as caught:
+            verifier.verify(_bearer(token), audience=AUD)
+        return caught.value.reason
+
+    calls = []
+    for at in (0, 1, 4.9, 5, 9.9, 15, 34.9, 35, 54.9, 55):
+        assert attempt(at) == "jwks_unavailable"
+        calls.append(failing.calls)
+    # Fetched at 0, then after 5 s, 10 s, 20 s (the cap) and 20 s again; never in between.
+    assert calls == [1, 1, 1, 2, 2, 3, 3, 4, 4, 5]
+    assert verifier.key_loads("https://down.example/jwks") == 5
+    # Once the keys are back, the next fetch after the back-off takes them and resets it.
+    failing.document = _jwks((ctx.keys.url384, "url-ec384"))
+    clock.at = NOW + timedelta(seconds=75)
+    token = _sign(ctx.keys.url384, "ES384", "url-ec384", _claims(iss=ISS_URL, iat=TS + 75, exp=TS + 135))
+    assert verifier.verify(_bearer(token), audience=AUD).iss == ISS_URL
+
+
+def test_the_default_key_fetch_gives_up_on_a_silent_server() -> None:
+    from cds.security import _default_http_get
+    from tests.support.jwks import blackhole
+
+    with blackhole() as hole, pytest.raises(httpx.TimeoutException):
+        _default_http_get(hole.url)
+    assert hole.accepted == 1
+
+
+def test_the_default_key_fetch_refuses_a_key_set_over_the_size_limit(ctx: Ctx) -> None:
+    from cds.security import _default_http_get
+
+    huge = {"keys": [], "padding": "x" * (1 << 20)}
+    url = ctx.server.serve("/huge.json", huge)
+    with pytest.raises(ValueError, match="larger than"):
+        _default_http_get(url)
