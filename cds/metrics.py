@@ -16,6 +16,7 @@ __all__ = ["CONTENT_TYPE", "Metrics"]
 
 # Seconds; the spec asks for answers "on the order of 500 ms", so resolve well below and above it.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+COMMIT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class Metrics:
@@ -46,6 +47,18 @@ class Metrics:
             "cds_feedback",
             "Feedback entries stored (new ones only), by service and outcome.",
             ["service", "outcome"],
+            registry=self.registry,
+        )
+        self.card_commits = Histogram(
+            "cds_store_card_commit_calls",
+            "Hook calls whose issued-card rows one store transaction wrote (group commit).",
+            buckets=COMMIT_BUCKETS,
+            registry=self.registry,
+        )
+        self.set_aside = Counter(
+            "cds_store_set_aside",
+            "Items the store refused for what they hold, moved to the dead_letter table, by kind.",
+            ["kind"],
             registry=self.registry,
         )
         self.prefetch_fetches = Counter(

@@ -9,7 +9,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -34,6 +34,7 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    insert,
     select,
     text,
 )
@@ -46,6 +47,7 @@ from sqlalchemy.types import TypeDecorator
 
 __all__ = [
     "CardBacklog",
+    "DeadLetterRow",
     "FeedbackItem",
     "IssuedCard",
     "PendingCards",
@@ -55,7 +57,9 @@ __all__ = [
     "StoreError",
     "StoreUnavailableError",
     "UnknownCardError",
+    "UnstorableValueError",
     "patient_hash",
+    "text_problem",
 ]
 
 Outcome = Literal["accepted", "overridden"]
@@ -128,6 +132,50 @@ class UnknownCardError(StoreError):
 
 class StoreUnavailableError(StoreError):
     """The database could not be reached or is busy; the caller should answer 503 and retry."""
+
+
+class UnstorableValueError(StoreError, ValueError):
+    """A text the store would keep cannot be kept by every supported database; nothing was written.
+
+    `field` names the value (a column, e.g. ``hook_instance``), `reason` what is wrong with it; neither
+    carries the value itself, so the error can be logged.
+    """
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"{field}: {reason}")
+
+
+def text_problem(value: str, max_length: int | None = None) -> str | None:
+    """Why the store cannot keep `value` on every supported database, or None when it can.
+
+    PostgreSQL refuses U+0000 in text; neither database can encode an unpaired surrogate (UTF-8 has
+    none); a VARCHAR(n) column on PostgreSQL refuses more than n characters. Every other character,
+    control characters included, is kept exactly.
+
+        text_problem("a\tb")              # None
+        text_problem("a\x00b")            # 'must not contain U+0000 (NUL)'
+        text_problem("x" * 300, 255)      # 'must be at most 255 characters'
+    """
+    if max_length is not None and len(value) > max_length:
+        return f"must be at most {max_length} characters"
+    if "\x00" in value:
+        return "must not contain U+0000 (NUL)"
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "must not contain an unpaired surrogate (U+D800 to U+DFFF)"
+    return None
+
+
+def _require_storable(field: str, value: str | None, max_length: int | None) -> None:
+    if value is None:
+        return
+    problem = text_problem(value, max_length)
+    if problem is not None:
+        raise UnstorableValueError(field, problem)
 
 
 def patient_hash(key: bytes, patient_id: str) -> str:
@@ -214,6 +262,43 @@ class SeenJtiRow(Base):
     iss: Mapped[str] = mapped_column(String(512), primary_key=True)
     jti: Mapped[str] = mapped_column(String(255), primary_key=True)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class DeadLetterRow(Base):
+    """Row of ``dead_letter``: something the store was handed but could not keep as it was.
+
+    `payload` is the item as ASCII-only JSON (``\\u0000`` and unpaired surrogates escaped), which every
+    database can keep; `reason` names the error class and field, never the value.
+    """
+
+    __tablename__ = "dead_letter"
+
+    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(String(255))
+    payload: Mapped[str] = mapped_column(Text)
+    set_aside_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+# Longest text each column keeps (the VARCHAR length PostgreSQL enforces); None: unbounded TEXT.
+CARD_LIMITS: dict[str, int | None] = {
+    "uuid": 36,
+    "service_id": 255,
+    "hook_instance": 255,
+    "topic": 255,
+    "rule_ids": 255,
+    "patient_hash": 64,
+    "pack_version": 64,
+}
+FEEDBACK_LIMITS: dict[str, int | None] = {
+    "card_uuid": 36,
+    "service_id": 255,
+    "accepted_suggestions": 255,
+    "override_reason_code": 255,
+    "override_reason_system": 1024,
+    "override_comment": None,
+}
+JTI_LIMITS: dict[str, int | None] = {"iss": 512, "jti": 255}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -369,22 +454,47 @@ class Store:
         issued_at: datetime,
     ) -> None:
         """Remember the cards returned by one hook call, in one transaction."""
-        _require_aware("issued_at", issued_at)
-        if not cards:
-            return
+        self.record_card_batches(
+            [PendingCards(service_id, hook_instance, patient_hash, pack_version, tuple(cards), issued_at)]
+        )
+
+    @staticmethod
+    def check_cards(pending: PendingCards) -> None:
+        """Raise UnstorableValueError naming the first value of `pending` no supported database keeps."""
+        _require_aware("issued_at", pending.issued_at)
+        for name in ("service_id", "hook_instance", "patient_hash", "pack_version"):
+            _require_storable(name, getattr(pending, name), CARD_LIMITS[name])
+        for card in pending.cards:
+            _require_storable("uuid", card.uuid, CARD_LIMITS["uuid"])
+            _require_storable("topic", card.topic, CARD_LIMITS["topic"])
+            for rule_id in card.rule_ids:
+                _require_storable("rule_ids", rule_id, CARD_LIMITS["rule_ids"])
+
+    def record_card_batches(self, batches: Sequence[PendingCards]) -> int:
+        """Remember the cards of several hook calls in one transaction (a group commit); return the rows.
+
+        Every value is checked first (UnstorableValueError, nothing written); the database may still
+        refuse a row (another StoreError subclass is never raised for that: the caller sees the
+        SQLAlchemy error and can retry the batches one by one).
+        """
+        for pending in batches:
+            self.check_cards(pending)
         rows = [
             {
                 "uuid": card.uuid,
-                "service_id": service_id,
-                "hook_instance": hook_instance,
+                "service_id": pending.service_id,
+                "hook_instance": pending.hook_instance,
                 "topic": card.topic,
                 "rule_ids": list(card.rule_ids),
-                "patient_hash": patient_hash,
-                "issued_at": issued_at,
-                "pack_version": pack_version,
+                "patient_hash": pending.patient_hash,
+                "issued_at": pending.issued_at,
+                "pack_version": pending.pack_version,
             }
-            for card in cards
+            for pending in batches
+            for card in pending.cards
         ]
+        if not rows:
+            return 0
         # Idempotent by card uuid: a batch whose commit was lost in an outage may be written twice
         # (see CardBacklog), and the second write must neither fail nor duplicate.
         stmt: Any
@@ -394,6 +504,44 @@ class Store:
             stmt = sqlite_dialect.insert(IssuedCardRow).on_conflict_do_nothing(index_elements=["uuid"])
         with self._transaction() as conn:
             conn.execute(stmt, rows)
+        return len(rows)
+
+    def set_aside(self, *, kind: str, reason: str, payload: Mapping[str, Any], at: datetime) -> int:
+        """Keep an item the store could not take as it was, as ASCII JSON in ``dead_letter``; return its id.
+
+        `reason` must not carry the item's values (it is logged); StoreUnavailableError when the store
+        is down (the caller keeps the item and tries again).
+        """
+        _require_aware("at", at)
+        row = {
+            "kind": kind[:32],
+            "reason": reason[:255],
+            # ensure_ascii escapes U+0000 and unpaired surrogates: what no column could take, this can.
+            "payload": json.dumps(payload, ensure_ascii=True, sort_keys=True, default=str),
+            "set_aside_at": at,
+        }
+        with self._transaction() as conn:
+            return int(
+                conn.execute(insert(DeadLetterRow).values(row).returning(DeadLetterRow.id)).scalar_one()
+            )
+
+    def probe_write(self) -> bool:
+        """True when a write would succeed now: an insert in a transaction that is then rolled back.
+
+        Catches what a SELECT 1 cannot: a read-only database or standby, a held SQLite write lock, a
+        missing table or permission.
+        """
+        row = {"kind": "probe", "reason": "probe", "payload": "{}", "set_aside_at": datetime.now(UTC)}
+        try:
+            with self._engine.connect() as conn:
+                transaction = conn.begin()
+                try:
+                    conn.execute(insert(DeadLetterRow).values(row))
+                finally:
+                    transaction.rollback()
+        except sa_exc.SQLAlchemyError:
+            return False
+        return True
 
     def _insert_ignoring(self, conn: Connection, row: dict[str, Any]) -> int:
         table = FeedbackRow
@@ -417,10 +565,16 @@ class Store:
         and StoreUnavailableError when the database cannot be reached.
         """
         _require_aware("received_at", received_at)
+        _require_storable("service_id", service_id, FEEDBACK_LIMITS["service_id"])
         for item in items:
             if item.outcome not in _OUTCOMES:
                 raise ValueError(f"unknown feedback outcome {item.outcome!r}")
             _require_aware("outcome_timestamp", item.outcome_timestamp)
+            _require_storable("card_uuid", item.card_uuid, FEEDBACK_LIMITS["card_uuid"])
+            for suggestion in item.accepted_suggestions:
+                _require_storable("accepted_suggestions", suggestion, FEEDBACK_LIMITS["accepted_suggestions"])
+            for name in ("override_reason_code", "override_reason_system", "override_comment"):
+                _require_storable(name, getattr(item, name), FEEDBACK_LIMITS[name])
         if not items:
             return 0
         wanted = sorted({item.card_uuid for item in items})
@@ -458,6 +612,8 @@ class Store:
         """Record a JWT id; False when (iss, jti) was already seen and has not yet expired (a replay)."""
         _require_aware("expires_at", expires_at)
         _require_aware("now", now)
+        _require_storable("iss", iss, JTI_LIMITS["iss"])
+        _require_storable("jti", jti, JTI_LIMITS["jti"])
         table = SeenJtiRow
         values = {"iss": iss, "jti": jti, "expires_at": expires_at}
         # Insert, or take over an expired row; a live row makes the upsert a no-op (rowcount 0).
@@ -560,15 +716,31 @@ class PendingCards:
     cards: tuple[IssuedCard, ...]
     issued_at: datetime
 
+    def as_json(self) -> dict[str, Any]:
+        """The batch as plain JSON values (for dead_letter)."""
+        return {
+            "service_id": self.service_id,
+            "hook_instance": self.hook_instance,
+            "patient_hash": self.patient_hash,
+            "pack_version": self.pack_version,
+            "issued_at": self.issued_at.isoformat(),
+            "cards": [{"uuid": c.uuid, "topic": c.topic, "rule_ids": list(c.rule_ids)} for c in self.cards],
+        }
+
 
 class CardBacklog:
-    """Issued-card rows held in memory while the store is down, written back oldest first.
+    """Issued-card rows on their way to the store: written at once, queued while it is down, or set aside.
 
     A hook call must answer even when the store is down, but feedback can only be joined to cards
-    the store knows. So `record` writes straight through while nothing is waiting, and queues (without
+    the store knows. So `record_many` writes straight through (one transaction for all the calls it is
+    given: cds.cardwriter groups concurrent calls) while nothing is waiting, and queues (without
     touching the store again) once something is; `flush` empties the queue in order and is called
     before any feedback is stored and periodically by the app. The queue is bounded: when it holds
-    `capacity` batches, `record` raises StoreUnavailableError (the hook call then answers 503).
+    `capacity` batches, a call gets StoreUnavailableError (the hook call then answers 503).
+
+    A batch the store refuses for what it holds (a value no database keeps, a row the database
+    rejects) is set aside into ``dead_letter`` and counted in `set_aside_total`, so that one bad value
+    never blocks the queue; the batches around it are written.
 
         backlog.record(pending)   # store down: queued, len(backlog) == 1
         backlog.flush()           # store back: written, len(backlog) == 0
@@ -583,31 +755,94 @@ class CardBacklog:
         *,
         capacity: int = 5_000,
         gate: Callable[[], AbstractContextManager[object]] = nullcontext,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_commit: Callable[[int, int], None] | None = None,
+        on_set_aside: Callable[[PendingCards, str], None] | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self._store = store
         self._capacity = capacity
         self._gate = gate
+        self._clock = clock
+        self._on_commit = on_commit
+        self._on_set_aside = on_set_aside
         self._queue: deque[PendingCards] = deque()
-        self._lock = threading.Lock()  # guards the queue
+        self._lock = threading.Lock()  # guards the queue and the counters
         self._flushing = threading.Lock()  # one flusher at a time keeps the order
         self.queued_total = 0  # batches that ever waited here (for logs and tests)
+        self.set_aside_total = 0  # batches moved to dead_letter (or held in `unwritable`)
+        self.commits = 0  # transactions that wrote card rows
+        self.committed_batches = 0  # hook calls whose rows those transactions wrote
+        self.committed_rows = 0
+        self.stalled = False  # the last flush left batches queued (the store still refuses writes)
+        # Batches that could be neither written nor set aside (dead_letter itself refused them).
+        self.unwritable: list[PendingCards] = []
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._queue)
 
-    def _write(self, pending: PendingCards) -> None:
+    # ------------------------------------------------------------------ writing
+
+    def _commit(self, batches: Sequence[PendingCards]) -> None:
         with self._gate():
-            self._store.record_cards(
-                service_id=pending.service_id,
-                hook_instance=pending.hook_instance,
-                patient_hash=pending.patient_hash,
-                pack_version=pending.pack_version,
-                cards=pending.cards,
-                issued_at=pending.issued_at,
-            )
+            self._store.record_card_batches(batches)
+        with self._lock:
+            self.commits += 1
+            self.committed_batches += len(batches)
+            self.committed_rows += sum(len(p.cards) for p in batches)
+        if self._on_commit is not None:
+            self._on_commit(len(batches), sum(len(p.cards) for p in batches))
+
+    def _set_aside(self, pending: PendingCards, error: Exception) -> None:
+        """Move a batch the store refuses into dead_letter; StoreUnavailableError keeps it for later."""
+        reason = type(error).__name__
+        if isinstance(error, UnstorableValueError):
+            reason += f": {error.field}: {error.reason}"
+        try:
+            with self._gate():
+                self._store.set_aside(
+                    kind="issued_card", reason=reason, payload=pending.as_json(), at=self._clock()
+                )
+        except StoreUnavailableError:
+            raise
+        except Exception:  # dead_letter refused it too: keep it in memory rather than lose or retry it
+            with self._lock:
+                self.unwritable.append(pending)
+        with self._lock:
+            self.set_aside_total += 1
+        if self._on_set_aside is not None:
+            self._on_set_aside(pending, reason)
+
+    def _drain(self, work: deque[PendingCards]) -> None:
+        """Write (or set aside) `work` from the left, popping what is done.
+
+        Raises StoreUnavailableError with what is left still in `work`, in order.
+        """
+        if not work:
+            return
+        try:
+            self._commit(list(work))
+        except StoreUnavailableError:
+            raise
+        except Exception as error:  # something in it is refused: find what, one batch at a time
+            if len(work) == 1:
+                self._set_aside(work[0], _unwrap(error))
+                work.popleft()
+                return
+        else:
+            work.clear()
+            return
+        while work:
+            head = work[0]
+            try:
+                self._commit([head])
+            except StoreUnavailableError:
+                raise
+            except Exception as error:
+                self._set_aside(head, _unwrap(error))
+            work.popleft()
 
     def _enqueue(self, pending: PendingCards) -> None:
         with self._lock:
@@ -616,31 +851,68 @@ class CardBacklog:
             self._queue.append(pending)
             self.queued_total += 1
 
+    def record_many(self, batches: Sequence[PendingCards]) -> list[bool | StoreUnavailableError]:
+        """Write the batches in one transaction, or queue them while the store is down.
+
+        Per batch, in order: False when written (or set aside), True when queued, and a
+        StoreUnavailableError when it could be neither (the queue is full: that call answers 503).
+        """
+        if len(self):
+            return [self._try_enqueue(pending) for pending in batches]
+        work = deque(batches)
+        try:
+            self._drain(work)
+        except StoreUnavailableError:
+            done = len(batches) - len(work)
+            return [False] * done + [self._try_enqueue(pending) for pending in work]
+        return [False] * len(batches)
+
+    def _try_enqueue(self, pending: PendingCards) -> bool | StoreUnavailableError:
+        try:
+            self._enqueue(pending)
+        except StoreUnavailableError as full:
+            return full
+        return True
+
     def record(self, pending: PendingCards) -> bool:
         """Write the cards, or queue them when the store is down; True when they were queued."""
-        if len(self):
-            self._enqueue(pending)
-            return True
-        try:
-            self._write(pending)
-        except StoreUnavailableError:
-            self._enqueue(pending)
-            return True
-        return False
+        outcome = self.record_many([pending])[0]
+        if isinstance(outcome, StoreUnavailableError):
+            raise outcome
+        return outcome
 
-    def flush(self) -> int:
-        """Write every queued batch, oldest first; return how many were written.
+    def flush(self, chunk: int = 500) -> int:
+        """Write every queued batch, oldest first, up to `chunk` per transaction; return how many left.
 
         Raises StoreUnavailableError when the store is still down (what is left stays queued, in order).
         """
-        written = 0
+        done = 0
         with self._flushing:
             while True:
                 with self._lock:
                     if not self._queue:
-                        return written
-                    head = self._queue[0]
-                self._write(head)
-                with self._lock:
-                    self._queue.popleft()
-                written += 1
+                        self.stalled = False
+                        return done
+                    work = deque(list(self._queue)[:chunk])  # only this flusher pops: the head is stable
+                taken = len(work)
+                try:
+                    self._drain(work)
+                except StoreUnavailableError:
+                    self._pop(taken - len(work))
+                    with self._lock:
+                        self.stalled = True
+                    raise
+                self._pop(taken)
+                done += taken
+
+    def _pop(self, count: int) -> None:
+        with self._lock:
+            for _ in range(count):
+                self._queue.popleft()
+
+
+def _unwrap(error: Exception) -> Exception:
+    """The error to name in dead_letter.reason: the DBAPI error under SQLAlchemy's wrapper."""
+    if isinstance(error, sa_exc.DBAPIError) and isinstance(error.orig, Exception):
+        return error.orig
+    return error

@@ -35,7 +35,13 @@ def test_healthz(api: Api) -> None:
 def test_readyz_reports_the_rule_pack_and_store(api: Api, pack: RulePack) -> None:
     response = api.client.get("/readyz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ready", "rulePack": f"cramp-cds {pack.version}", "store": "ok"}
+    assert response.json() == {
+        "status": "ready",
+        "rulePack": f"cramp-cds {pack.version}",
+        "store": "ok",
+        "backlog": 0,
+        "setAside": 0,
+    }
 
 
 class UnreachableStore(Store):

@@ -9,13 +9,19 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import func, select, text
 
 from cds.store import (
+    Base,
     FeedbackItem,
     FeedbackRow,
     IssuedCard,
@@ -98,6 +104,22 @@ def _feedback_rows(store: Store) -> int:
 # --------------------------------------------------------------------------- schema
 
 
+def _script() -> ScriptDirectory:
+    config = Config()
+    config.set_main_option("script_location", str(resources.files("cds") / "migrations"))
+    return ScriptDirectory.from_config(config)
+
+
+HEAD = _script().get_current_head()
+
+
+def test_the_migrations_have_one_head_and_build_the_models_schema(store: Store) -> None:
+    assert len(_script().get_heads()) == 1
+    with store.engine.connect() as conn:
+        differences = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert differences == []
+
+
 def test_migrate_twice_is_a_noop(store_url: str) -> None:
     s = Store(store_url)
     try:
@@ -107,7 +129,7 @@ def test_migrate_twice_is_a_noop(store_url: str) -> None:
         with s.engine.connect() as conn:
             versions = conn.scalars(text("SELECT version_num FROM alembic_version")).all()
             cards = conn.scalar(select(func.count()).select_from(IssuedCardRow))
-        assert versions == ["0001"]
+        assert versions == [HEAD]
         assert cards == 1
         assert s.ping() is True
     finally:
@@ -134,7 +156,7 @@ def test_migrate_concurrently_from_two_workers(store_url: str) -> None:
     try:
         assert errors == []
         with stores[0].engine.connect() as conn:
-            assert conn.scalars(text("SELECT version_num FROM alembic_version")).all() == ["0001"]
+            assert conn.scalars(text("SELECT version_num FROM alembic_version")).all() == [HEAD]
     finally:
         for s in stores:
             s.close()

@@ -30,9 +30,9 @@ from cds.evaluation import Evaluator
 from cds.logs import error_fields, log_event
 from cds.metrics import Metrics
 from cds.rulepack import load_rule_pack
-from cds.security import JtiCache, TokenVerifier, load_trusted_issuers, now_utc
+from cds.security import AuthError, JtiCache, TokenVerifier, load_trusted_issuers, now_utc
 from cds.settings import Settings
-from cds.store import Store, StoreUnavailableError
+from cds.store import JTI_LIMITS, Store, StoreUnavailableError, text_problem
 
 logger = logging.getLogger("cds.api")
 
@@ -105,6 +105,9 @@ def build_verifier(
     cache = jti_cache if jti_cache is not None else JtiCache()
 
     def replay_guard(iss: str, jti: str, expires_at: datetime) -> bool:
+        # An id the store could not keep would fail every flush of the outage cache: refuse the token.
+        if text_problem(jti, JTI_LIMITS["jti"]) or text_problem(iss, JTI_LIMITS["iss"]):
+            raise AuthError("malformed", "jti or iss cannot be stored")
         now = clock()
         if cache.seen(iss, jti, now):
             return False
@@ -186,6 +189,7 @@ def create_app(
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
+            await run_in_threadpool(runtime.card_writer.close)  # the calls still waiting are written
             await _flush_once(runtime)
             if len(runtime.cards):
                 log_event(logger, "store.backlog.lost", level=logging.ERROR, batches=len(runtime.cards))

@@ -15,13 +15,14 @@ from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from cds.api.catalog import ServiceSpec
+from cds.cardwriter import CardWriter
 from cds.errors import UnknownServiceError
 from cds.evaluation import Evaluator
 from cds.logs import log_event
 from cds.metrics import Metrics
 from cds.security import AuthError, Claims, JtiCache, TokenVerifier
 from cds.settings import Settings
-from cds.store import CardBacklog, Store
+from cds.store import CardBacklog, PendingCards, Store, StoreUnavailableError
 
 logger = logging.getLogger("cds.api")
 
@@ -62,15 +63,46 @@ class Runtime:
     jti_cache: JtiCache = field(default_factory=JtiCache)
     http: httpx.AsyncClient | None = None  # set by the lifespan (bound to the server's event loop)
 
+    # The one thread that writes issued cards, many hook calls per commit (off the event loop).
+    writer: CardWriter | None = None
+
     def __post_init__(self) -> None:
         if self.backlog is None:
-            self.backlog = CardBacklog(self.store, gate=self.store_write)
+            self.backlog = CardBacklog(
+                self.store,
+                gate=self.store_write,
+                clock=self.clock,
+                on_commit=self._committed,
+                on_set_aside=self._set_aside,
+            )
+        if self.writer is None:
+            self.writer = CardWriter(self.backlog)
 
     @property
     def cards(self) -> CardBacklog:
         """Where issued cards are recorded: straight to the store, or queued while it is down."""
         assert self.backlog is not None  # set in __post_init__
         return self.backlog
+
+    @property
+    def card_writer(self) -> CardWriter:
+        assert self.writer is not None  # set in __post_init__
+        return self.writer
+
+    def _committed(self, calls: int, rows: int) -> None:
+        self.metrics.card_commits.observe(calls)
+
+    def _set_aside(self, pending: PendingCards, reason: str) -> None:
+        # The reason names an error class and a field, never a value; no patient data here.
+        log_event(
+            logger,
+            "store.card.set_aside",
+            level=logging.ERROR,
+            service=pending.service_id,
+            cards=len(pending.cards),
+            reason=reason,
+        )
+        self.metrics.set_aside.labels(kind="issued_card").inc()
 
     def flush_pending(self) -> int:
         """Write queued cards (in order) and the JWT ids seen during an outage to the store.
@@ -79,8 +111,13 @@ class Runtime:
         """
         written = self.cards.flush()
         for iss, jti, expires_at in self.jti_cache.drain():
-            with self.store_write():
-                self.store.remember_jti(iss=iss, jti=jti, expires_at=expires_at, now=self.clock())
+            try:
+                with self.store_write():
+                    self.store.remember_jti(iss=iss, jti=jti, expires_at=expires_at, now=self.clock())
+            except StoreUnavailableError:
+                raise
+            except Exception as exc:  # never let one id block the others: it stays refused here
+                log_event(logger, "store.jti.unwritable", level=logging.ERROR, error=type(exc).__name__)
             self.jti_cache.forget(iss, jti)
         return written
 

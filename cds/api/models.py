@@ -10,13 +10,33 @@ from __future__ import annotations
 from typing import Any, Literal, TypeVar
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.json_schema import models_json_schema
 
 from cds.errors import ShapeError
 from cds.intake import load_json
+from cds.store import text_problem
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def _storable(value: str | None) -> str | None:
+    """The store keeps this text: refuse what a supported database could not (cds.store.text_problem).
+
+    Used as a field validator after the field's own max_length, which matches the store's column.
+    """
+    problem = None if value is None else text_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
 
 
 class _Lenient(BaseModel):
@@ -31,6 +51,8 @@ class Coding(_Lenient):
     system: str | None = Field(default=None, max_length=1024)
     code: str = Field(min_length=1, max_length=255)
     display: str | None = None
+
+    _stored = field_validator("system", "code")(_storable)
 
 
 # --------------------------------------------------------------------------- discovery
@@ -174,10 +196,14 @@ class CardsResponse(BaseModel):
 class AcceptedSuggestion(_Lenient):
     id: str = Field(min_length=1, max_length=255)
 
+    _stored = field_validator("id")(_storable)
+
 
 class OverrideReason(_Lenient):
     reason: Coding | None = None
     userComment: str | None = Field(default=None, max_length=10_000)
+
+    _stored = field_validator("userComment")(_storable)
 
 
 class FeedbackEntry(_Lenient):

@@ -9,6 +9,7 @@ text to choose a status.
     cds.security.AuthError            401     login        (none: no detail that helps an attacker)
     cds.store.UnknownCardError        400     not-found    feedback.card
     cds.store.StoreUnavailableError   503     transient    (Retry-After header)
+    cds.store.UnstorableValueError    400     invalid      the store's field (NUL, unpaired surrogate, too long)
     RequestValidationError            400     invalid      the parameter, e.g. query.now
     HTTPException (routing: 404/405)  as is   not-found / not-supported
     anything else                     500     exception    (generic text; logged by type, never by message)
@@ -38,7 +39,7 @@ from cds.errors import CdsError, JsonError
 from cds.fhirclient import FhirFetchError
 from cds.logs import error_fields, log_event
 from cds.security import AuthError
-from cds.store import StoreUnavailableError, UnknownCardError
+from cds.store import StoreUnavailableError, UnknownCardError, UnstorableValueError
 
 logger = logging.getLogger("cds.api")
 
@@ -125,6 +126,11 @@ def _store_unavailable(exc: StoreUnavailableError) -> Problem:
     )
 
 
+def _unstorable(exc: UnstorableValueError) -> Problem:
+    # The API checks what it stores up front with the request's own field names; this is the backstop.
+    return Problem(400, f"a value cannot be stored: {exc.reason}", expression=exc.field)
+
+
 def _request_validation(exc: RequestValidationError) -> Problem:
     errors = exc.errors()
     first = errors[0] if errors else {}
@@ -147,6 +153,7 @@ RULES: Final[Mapping[type[Exception], Callable[[Any], Problem]]] = {
     AuthError: _auth_error,
     UnknownCardError: _unknown_card,
     StoreUnavailableError: _store_unavailable,
+    UnstorableValueError: _unstorable,
     RequestValidationError: _request_validation,
     HTTPException: _http_exception,
 }

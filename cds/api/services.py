@@ -8,7 +8,6 @@ from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
-from starlette.concurrency import run_in_threadpool
 
 from cds.api.catalog import ServiceSpec
 from cds.api.deps import BodyDep, ClientDep, Runtime, RuntimeDep, ServiceDep
@@ -22,7 +21,7 @@ from cds.fhirclient import FhirFetchError
 from cds.intake import HookRequest, load_json, read_hook_request
 from cds.logs import log_event
 from cds.prefetch import resolve_prefetch
-from cds.store import IssuedCard, PendingCards, patient_hash
+from cds.store import IssuedCard, PendingCards, patient_hash, text_problem
 
 logger = logging.getLogger("cds.api")
 router = APIRouter(tags=["CDS Hooks"])
@@ -46,8 +45,10 @@ async def call_service(
     evaluates with that order counted as active and returns the cause cards only.
     """
     hook = read_hook_request(load_json(body))
-    if len(hook.hook_instance) > MAX_ID_LENGTH:
-        raise ShapeError(f"must be at most {MAX_ID_LENGTH} characters (a UUID)", field="hookInstance")
+    # Kept with every card row: refused here (naming the field) when a database could not keep it.
+    problem = text_problem(hook.hook_instance, MAX_ID_LENGTH)
+    if problem is not None:
+        raise ShapeError(f"{problem} (a UUID)", field="hookInstance")
     request.state.hook_instance = hook.hook_instance
     if hook.hook != service.hook:
         raise ShapeError(
@@ -67,14 +68,11 @@ async def call_service(
     prefetch = await _prefetch(runtime, service, hook)
     # Evaluation is CPU-bound and takes a few milliseconds: it runs on the event loop, where a thread
     # hop only adds GIL contention (measured with hey, 50-resource prefetch, one worker, concurrency 8:
-    # 152 req/s through the thread pool, 217 inline). So does the embedded SQLite write (WAL,
-    # synchronous=NORMAL: no fsync per commit); a write over the network to PostgreSQL goes to a thread.
+    # 152 req/s through the thread pool, 217 inline). The card rows go to the writer thread
+    # (cds.cardwriter), which commits the cards of concurrent calls together, off the loop.
     now = runtime.clock()
     evaluation, issued = _evaluate(runtime, service, hook, prefetch, extra, now)
-    if runtime.store.engine.dialect.name == "sqlite":
-        _record(runtime, service, hook, issued, now)
-    else:
-        await run_in_threadpool(_record, runtime, service, hook, issued, now)
+    await _record(runtime, service, hook, issued, now)
     cards = evaluation.cards
     request.state.card_count = len(cards)
     return JsonResponse({"cards": cards})
@@ -108,10 +106,10 @@ def _evaluate(
     return evaluation, [_issued(card) for card in evaluation.cards]
 
 
-def _record(
+async def _record(
     runtime: Runtime, service: ServiceSpec, hook: HookRequest, issued: list[IssuedCard], now: datetime
 ) -> None:
-    """Record the cards before they leave, so that feedback can be joined to them (sync: thread pool).
+    """Record the cards before they leave, so that feedback can be joined to them.
 
     While the store is down they are queued instead (cds.store.CardBacklog); only a full queue is a 503.
     """
@@ -127,7 +125,7 @@ def _record(
         )
         # A store outage must not take the EHR's workflow down with it: the cards are answered and
         # their rows queued (bounded) until the store is back; feedback waits for that queue.
-        if runtime.cards.record(pending) and runtime.cards.queued_total == 1:
+        if await runtime.card_writer.record(pending) and runtime.cards.queued_total == 1:
             log_event(logger, "store.backlog.started", level=logging.WARNING)
     runtime.metrics.count_cards(service.id, (card.topic for card in issued))
 
