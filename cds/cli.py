@@ -277,3 +277,167 @@ def feedback_report(as_json: bool) -> None:
         click.echo(
             f"{row.service_id:<22} {row.topic:<22} {row.issued:>6} {row.accepted:>8} {row.overridden:>10}  {reasons}"
         )
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--patients", type=click.IntRange(1), required=True, help="How many patients to write.")
+@click.option("--seed", type=int, default=1, show_default=True, help="The same seed gives the same export.")
+@click.option(
+    "--as-of", "as_of", default="2026-06-01", show_default=True, help="Results are dated before this day."
+)
+@click.option(
+    "--templates",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder of whole-record Bundles to copy backgrounds from (default: ../shared/fhir-examples/bundles "
+    "when present, else fixtures/).",
+)
+@click.option(
+    "--background",
+    type=click.IntRange(-1),
+    default=60,
+    show_default=True,
+    help="Resources kept per patient from its template record (-1: the whole record).",
+)
+@click.option("--files-per-type", type=click.IntRange(1, 999), default=1, show_default=True)
+@click.option("--gzip", "compress", is_flag=True, help="Write .ndjson.gz files.")
+@click.option(
+    "--rules", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_RULES_DIR, hidden=True
+)
+def synth(
+    out_dir: Path,
+    patients: int,
+    seed: int,
+    as_of: str,
+    templates: Path | None,
+    background: int,
+    files_per_type: int,
+    compress: bool,
+    rules: Path,
+) -> None:
+    """Write a synthetic population as a FHIR Bulk Data export (NDJSON per type and manifest.json)."""
+    from cds.settings import REPO_ROOT
+    from cds.synth import load_templates, write_export
+
+    try:
+        day = date.fromisoformat(as_of)
+    except ValueError:
+        fail(f"--as-of must be YYYY-MM-DD, got {as_of!r}")
+    if templates is None:
+        shared = REPO_ROOT.parent / "shared" / "fhir-examples" / "bundles"
+        templates = shared if shared.is_dir() else REPO_ROOT / "fixtures"
+    found = load_templates(templates)
+    if not found:
+        fail(f"{templates}: no Bundle with exactly one Patient to build patients from")
+    pack = load_evaluator(rules).pack
+    summary = write_export(
+        out_dir,
+        patients=patients,
+        seed=seed,
+        pack=pack,
+        templates=found,
+        source=f"{templates.name} ({len(found)} records)",
+        as_of=day,
+        background=background,
+        files_per_type=files_per_type,
+        compress=compress,
+    )
+    total = sum(summary.lines.values())
+    click.echo(
+        f"{out_dir}: {patients} patients, {total} resources in {len(summary.files)} files "
+        f"(templates: {summary.source}; seed {seed})",
+        err=True,
+    )
+
+
+@main.command()
+@click.argument("export")
+@click.option("--now", "now_text", help="Evaluation time, YYYY-MM-DD (end of that UTC day) or ISO date-time.")
+@click.option(
+    "--out",
+    "outputs",
+    type=click.Path(dir_okay=False, path_type=Path),
+    multiple=True,
+    required=True,
+    help="worklist.csv, worklist.ndjson, or worklist.json (a FHIR Bundle of draft ServiceRequests and Tasks); "
+    "repeat for several.",
+)
+@click.option("--engine", type=click.Choice(["local"]), default="local", show_default=True)
+@click.option("--workers", type=click.IntRange(1, 512), help="Processes (default: the machine's cores).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its finished buckets.")
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress bar on stderr (default: on when stderr is a terminal).",
+)
+@click.option(
+    "--work-dir", type=click.Path(file_okay=False, path_type=Path), help="Default: <first --out>.work"
+)
+@click.option(
+    "--buckets", type=click.IntRange(1, 100_000), help="Partitions (default: from the export's size)."
+)
+@click.option("--keep-work", is_flag=True, help="Keep the work folder after a successful run.")
+@click.option(
+    "--rules", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_RULES_DIR, hidden=True
+)
+def screen(
+    export: str,
+    now_text: str | None,
+    outputs: tuple[Path, ...],
+    engine: str,
+    workers: int | None,
+    resume: bool,
+    progress: bool | None,
+    work_dir: Path | None,
+    buckets: int | None,
+    keep_work: bool,
+    rules: Path,
+) -> None:
+    """Screen every patient of a FHIR Bulk Data export (a folder of NDJSON files or its manifest.json).
+
+    One worklist row per patient with cards; patients without cards are counted. A line, resource or
+    patient that cannot be read becomes an error row naming it. The summary goes to stderr.
+    """
+    import os
+
+    from cds.screen.export import ExportError
+    from cds.screen.worklist import check_output
+
+    now = parse_now(now_text)
+    for path in outputs:
+        try:
+            check_output(path)
+        except ValueError as exc:
+            fail(str(exc))
+        if not path.parent.is_dir():
+            fail(f"{path}: the folder {path.parent} does not exist")
+    show = sys.stderr.isatty() if progress is None else progress
+    cores = os.cpu_count() or 1
+    try:
+        if engine == "local":
+            from cds.screen.local import Job, run_local
+
+            summary = run_local(
+                Job(
+                    export=Path(export),
+                    now=now,
+                    rules=rules,
+                    outputs=outputs,
+                    workers=workers or cores,
+                    work=work_dir or outputs[0].with_name(outputs[0].name + ".work"),
+                    resume=resume,
+                    buckets=buckets,
+                    progress=show,
+                    keep_work=keep_work,
+                )
+            )
+    except ExportError as exc:
+        fail(str(exc))
+    except CdsError as exc:
+        fail(f"rule pack: {exc}")
+    except OSError as exc:
+        fail(f"{exc.filename or 'work folder'}: {exc.strerror}")
+    except KeyboardInterrupt:
+        click.echo("cds: interrupted; run the same command with --resume to continue", err=True)
+        sys.exit(130)
+    click.echo(summary.text(), err=True)
