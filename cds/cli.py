@@ -176,6 +176,14 @@ def demo(directory: Path) -> None:
             click.echo(click.style(f"            rules: {rules_fired}", dim=True))
 
 
+@main.command("settings")
+def settings_command() -> None:
+    """Print every setting (CDS_* variable, default, description) as Markdown: docs/settings.md."""
+    from cds.settings import settings_document
+
+    click.echo(settings_document(), nl=False)
+
+
 @main.command()
 @click.option("--host", help="Interface to bind (default 127.0.0.1, or CDS_HOST).")
 @click.option("--port", type=click.IntRange(1, 65535), help="Port (default 8000, or CDS_PORT).")
@@ -187,7 +195,7 @@ def serve(host: str | None, port: int | None, workers: int | None, dev: bool) ->
     """Run the CDS Hooks service under uvicorn."""
     from pydantic import ValidationError
 
-    from cds.server import LOOPBACK, base_url, run, settings_from
+    from cds.server import LOOPBACK, base_url, bind_problem, run, settings_from
     from cds.settings import REPO_ROOT
 
     if dev and host not in (None, LOOPBACK):
@@ -201,6 +209,13 @@ def serve(host: str | None, port: int | None, workers: int | None, dev: bool) ->
     except ValidationError as exc:
         fail("; ".join(str(error["msg"]).removeprefix("Value error, ") for error in exc.errors()))
     url = base_url(settings)
+    problem = bind_problem(settings.host, settings.port)
+    if problem is not None:
+        fail(
+            f"cannot listen on {settings.host} port {settings.port}: {problem}. Stop what uses it, or choose "
+            f"another port: `make run PORT={settings.port + 1 if settings.port < 65535 else 8001}` "
+            "(or `cds serve --port N`, or CDS_PORT)."
+        )
     if settings.dev:
         click.secho(
             "WARNING: --dev: JWT authentication is OFF; serving on 127.0.0.1 only. Never use it with real "

@@ -19,7 +19,10 @@ guard has a test in tests/test_engine.py:
 - registration mutates the dict it is given (it deletes `run`) -> a deep copy is registered;
 - at most 1,024 live sessions per ruleset -> one evaluation at a time per engine, state deleted in
   a `finally`;
-- loose type coercion (`'abc' >= 0.3` matches) -> every fact is type-checked before it is asserted.
+- loose type coercion (`'abc' >= 0.3` matches) -> every fact is type-checked before it is asserted;
+- on Python 3.12+ every action calls `datetime.utcfromtimestamp`, deprecated there, so each call
+  warns -> that one DeprecationWarning, from durable.engine only, is ignored around the engine calls
+  (`_engine_warnings`); every other warning, ours in the actions included, goes through as before.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ import contextlib
 import copy
 import itertools
 import threading
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +44,31 @@ from cds.rulepack import CompiledRule
 
 SENTINEL_RULE = "engine.sentinel"
 MAX_LIVE_SESSIONS = 1024
+
+
+# durable/engine.py's `_unix_now` (run for every action) calls datetime.utcfromtimestamp(0), which
+# Python 3.12 deprecates with exactly this message.
+UTCFROMTIMESTAMP_WARNING = r"datetime\.datetime\.utcfromtimestamp\(\) is deprecated"
+# warnings.catch_warnings swaps the process-wide filter list; two engines doing it at once could
+# restore each other's state, so engine calls that change it take turns.
+_WARNINGS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _engine_warnings() -> Iterator[None]:
+    """Ignore durable_rules' own utcfromtimestamp DeprecationWarning (3.12+) for the enclosed engine call.
+
+    Scoped to the call (pytest and `-W error` replace process-wide filters), to that message and to
+    warnings attributed to the durable.engine module: a warning from our actions still surfaces.
+    """
+    with _WARNINGS_LOCK, warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore",
+            message=UTCFROMTIMESTAMP_WARNING,
+            category=DeprecationWarning,
+            module=r"durable\.engine$",
+        )
+        yield
 
 
 class _QuietHost(durable_engine.Host):  # type: ignore[misc]
@@ -141,10 +170,12 @@ class RuleEngine:
                 else:
                     unread.append(str(fact["id"]))
             try:
-                self._host.assert_facts(self._name, batch)
+                with _engine_warnings():
+                    self._host.assert_facts(self._name, batch)
             finally:
                 try:
-                    self._host.delete_state(self._name, sid)
+                    with _engine_warnings():
+                        self._host.delete_state(self._name, sid)
                 finally:
                     del self._live[session_hash(sid)]
                     self._run = None

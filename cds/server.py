@@ -7,6 +7,7 @@ Every worker builds its app with the `cds.api.app:factory` import string (uvicor
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 
 import uvicorn
@@ -27,6 +28,26 @@ def settings_from(overrides: Mapping[str, str]) -> Settings:
 def base_url(settings: Settings) -> str:
     host = settings.host if ":" not in settings.host else f"[{settings.host}]"
     return f"http://{host}:{settings.port}"
+
+
+def bind_problem(host: str, port: int) -> str | None:
+    """Why uvicorn could not listen on host:port (for example "Address already in use"), or None.
+
+    Checked before anything is printed, with the same SO_REUSEADDR uvicorn sets, so a port in
+    TIME_WAIT is not reported busy.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return str(exc.strerror)
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return str(exc.strerror)
+    return None
 
 
 def run(settings: Settings) -> None:

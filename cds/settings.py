@@ -15,23 +15,39 @@ DEV_HASH_KEY = "dev-only-patient-hash-key-change-me"
 class Settings(BaseSettings):
     """Service configuration. Nothing else in the package reads `os.environ`."""
 
-    model_config = SettingsConfigDict(env_prefix="CDS_", extra="ignore", frozen=True)
+    # Each field's docstring is its description: `cds settings` prints them as docs/settings.md.
+    model_config = SettingsConfigDict(
+        env_prefix="CDS_", extra="ignore", frozen=True, use_attribute_docstrings=True
+    )
 
     rules_dir: Path = DEFAULT_RULES_DIR
+    """Directory of the rule pack (`pack.yaml` and the files it lists)."""
     database_url: str = f"sqlite:///{REPO_ROOT / 'var' / 'cds.sqlite3'}"
-    # Keyed hash for patient ids stored with issued cards (never the id in the clear).
+    """SQLAlchemy URL of the store: SQLite, or PostgreSQL as `postgresql+psycopg://user@host:5432/db`."""
     patient_hash_key: str = DEV_HASH_KEY
+    """Secret key of the HMAC stored in place of patient ids (never the id in the clear); required outside --dev."""
     trusted_issuers: Path | None = None
+    """File of trusted JWT issuers and their keys (see `deploy/trusted-issuers.yaml`); required outside --dev."""
     dev: bool = False
+    """Development mode. For `cds serve` only the `--dev` flag sets it (this variable alone does not turn authentication off)."""
     host: str = "127.0.0.1"
+    """Interface to bind (`cds serve --host`, `make run HOST=`); --dev binds 127.0.0.1 only."""
     port: int = Field(default=8000, ge=1, le=65535)
+    """TCP port to listen on (`cds serve --port`, `make run PORT=`); a busy port stops start-up with a message."""
     workers: int = Field(default=1, ge=1, le=64)
+    """uvicorn worker processes, 1 to 64 (`cds serve --workers`)."""
     public_base_url: str | None = None
+    """External base URL behind a proxy: a JWT's `aud` must be this plus the path (unset: the request URL)."""
     cors_origins: tuple[str, ...] = ()
+    """Browser origins allowed by CORS, as a JSON list (`'["https://sandbox.cds-hooks.org"]'`); empty: CORS off."""
     max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
+    """Largest request body in bytes (at least 1024); a larger one is answered 413."""
     fhir_budget_seconds: float = Field(default=2.0, gt=0, le=30)
+    """Seconds (up to 30) for fetching missing prefetch from the EHR's FHIR server, then 412 naming the key."""
     jwt_leeway_seconds: int = Field(default=60, ge=0, le=600)
+    """Clock skew in seconds (0 to 600) allowed on a JWT's `exp`, `nbf` and `iat`."""
     log_level: str = "INFO"
+    """Log level: DEBUG, INFO, WARNING or ERROR."""
 
     @field_validator("log_level")
     @classmethod
@@ -49,3 +65,23 @@ class Settings(BaseSettings):
             if self.trusted_issuers is None:
                 raise ValueError("CDS_TRUSTED_ISSUERS must name the trusted-issuers file outside --dev")
         return self
+
+
+def settings_document() -> str:
+    """docs/settings.md: every setting with its CDS_* variable, default and description (`cds settings`)."""
+    lines = [
+        "# Settings",
+        "",
+        "Generated from `cds/settings.py` by `cds settings` (`make docs`); tests/test_settings_docs.py fails",
+        "when this file is out of date. Every setting is an environment variable; `<repo>` is the checkout.",
+        "",
+        "| variable | default | what it sets |",
+        "|---|---|---|",
+    ]
+    for name, info in Settings.model_fields.items():
+        default = info.get_default(call_default_factory=True)
+        text = str(default).lower() if isinstance(default, bool) else str(default)
+        shown = "(unset)" if default in (None, ()) else f"`{text.replace(str(REPO_ROOT), '<repo>')}`"
+        description = (info.description or "").replace("|", "\\|")
+        lines.append(f"| `CDS_{name.upper()}` | {shown} | {description} |")
+    return "\n".join(lines) + "\n"

@@ -1,4 +1,7 @@
-"""The durable_rules adapter: each measured engine hazard, shown on the raw engine, and its guard."""
+"""The durable_rules adapter: each measured engine hazard, shown on the raw engine, and its guard.
+
+Part of the compatibility subset that .ci/run runs on every supported Python (marker `compat`).
+"""
 
 from __future__ import annotations
 
@@ -7,15 +10,19 @@ import sys
 import textwrap
 import threading
 import tomllib
+import warnings
 from typing import Any
 
 import pytest
+from packaging.specifiers import SpecifierSet
 
 from cds.engine import MAX_LIVE_SESSIONS, RuleEngine, _Run, session_hash
 from cds.errors import EngineError
 from cds.facttypes import Fact
 from cds.rulepack import CompiledRule, RulePack
 from tests.conftest import ROOT
+
+pytestmark = pytest.mark.compat
 
 # Two session ids with the same 32-bit FNV-1a hash (found by brute force over "c<n>").
 COLLIDING = ("c693596", "c1170850")
@@ -47,10 +54,16 @@ def answer(fact_id: str, number: Any) -> Fact:
     return {"type": "answer", "id": fact_id, "label": fact_id, "item": "cramp-frequency", "number": number}
 
 
-def test_requires_python_stops_before_3_13() -> None:
-    """durable-rules 2.0.28 does not import on Python 3.13: the project must refuse to install there."""
-    spec = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
-    assert "<3.13" in spec.replace(" ", "")
+def test_requires_python_is_the_pythons_the_makefile_builds() -> None:
+    """pyproject's requires-python admits exactly SUPPORTED_PYTHONS of the Makefile (3.11 to 3.13)."""
+    spec = SpecifierSet(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"])
+    line = next(x for x in (ROOT / "Makefile").read_text().splitlines() if x.startswith("SUPPORTED_PYTHONS"))
+    supported = line.split(":=")[1].split()
+    assert supported == ["3.11", "3.12", "3.13"]
+    assert all(f"{version}.0" in spec for version in supported)
+    assert "3.10.12" not in spec
+    assert "3.14.0" not in spec
+    assert "{}.{}.{}".format(*sys.version_info[:3]) in spec
 
 
 def test_engine_starts_no_background_threads(pack: RulePack) -> None:
@@ -168,6 +181,55 @@ class FailingEngine(RuleEngine):
 def test_an_exception_in_an_action_is_raised_from_evaluate() -> None:
     engine = FailingEngine([rule("boom", {"$and": [{"type": "answer"}]})])
     with pytest.raises(EngineError, match="action of boom failed"):
+        engine.evaluate([answer("f1", 2)])
+    assert engine.live_sessions == 0
+
+
+def test_raw_engine_warns_utcfromtimestamp_from_python_3_12() -> None:
+    """Why the adapter filters one warning: durable_rules' `_unix_now` runs for each action and calls
+    datetime.utcfromtimestamp, deprecated since 3.12 (under `-W error` the API answered 500)."""
+    result = run_raw(
+        """
+        import warnings
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            h = Host({"r": {"j": {"all": [{"a": {"type": "x"}}], "run": lambda c: None}}})
+            h.assert_fact("r", {"sid": "s1", "type": "x"})
+        print(sorted({f"{w.category.__name__}: {str(w.message)[:48]}" for w in caught}))
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    expected = ["DeprecationWarning: datetime.datetime.utcfromtimestamp() is deprecated"]
+    assert result.stdout.strip() == (repr(expected) if sys.version_info >= (3, 12) else "[]")
+
+
+def test_the_adapter_hides_that_warning_and_no_other(pack: RulePack) -> None:
+    """No warning reaches the caller from a whole evaluation (which chains through many actions)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        outcome = RuleEngine(pack.compiled).evaluate([answer("f1", 3), answer("f2", 2)])
+    assert outcome.firings
+    assert [str(w.message) for w in caught] == []
+
+
+class WarningEngine(RuleEngine):
+    """An action of ours that raises the very same DeprecationWarning text: not durable's, so not hidden."""
+
+    def _make_action(self, rule: CompiledRule) -> Any:
+        def action(c: Any, run: _Run) -> None:
+            warnings.warn(
+                "datetime.datetime.utcfromtimestamp() is deprecated (from an action)",
+                DeprecationWarning,
+                stacklevel=1,
+            )
+
+        return action
+
+
+def test_a_warning_from_our_own_action_still_surfaces() -> None:
+    """The suite turns warnings into errors; the engine filter is scoped to durable.engine's module."""
+    engine = WarningEngine([rule("warns", {"$and": [{"type": "answer"}]})])
+    with pytest.raises(EngineError, match="from an action"):
         engine.evaluate([answer("f1", 2)])
     assert engine.live_sessions == 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -102,3 +103,39 @@ def test_cds_dev_in_the_environment_alone_does_not_turn_auth_off(monkeypatch: py
     result = CliRunner().invoke(main, ["serve", "--port", "1"])
     assert result.exit_code == 2
     assert "CDS_PATIENT_HASH_KEY" in result.output
+
+
+def test_serve_on_a_busy_port_fails_before_printing_the_call() -> None:
+    """`make run` on a busy port: one clear line naming the port and the PORT= option, no curl call."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CDS_")}
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run(
+            [str(CDS), "serve", "--dev", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 2
+    assert done.stdout == ""  # neither the URL nor the curl call
+    assert f"port {port}: Address already in use" in done.stderr
+    assert f"make run PORT={port + 1}" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_run_passes_port_and_host_to_cds_serve() -> None:
+    done = subprocess.run(
+        ["make", "-n", "run", "PORT=8123", "HOST=127.0.0.1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "bin/cds serve --dev --host 127.0.0.1 --port 8123" in done.stdout
