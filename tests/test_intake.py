@@ -21,6 +21,9 @@ from cds.intake import (
 )
 from tests.conftest import FROZEN_NOW, load_fixture
 
+# Part of the compatibility subset that .ci/run runs on every supported Python.
+pytestmark = pytest.mark.compat
+
 TSH = {"system": "http://loinc.org", "code": "3016-3"}
 
 
