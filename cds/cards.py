@@ -13,7 +13,7 @@ from typing import Any
 from cds.engine import Outcome
 from cds.facts import FactSet
 from cds.record import PatientRecord
-from cds.rulepack import INDICATOR_RANK, RulePack, Topic
+from cds.rulepack import INDICATOR_RANK, RulePack, Topic, TopicSpec
 
 SUMMARY_LIMIT = 139
 EXPLANATION_KEY = "cramp-cds-explanation"
@@ -73,13 +73,14 @@ def render_cards(
         if name is not None and (topics is None or name in topics):
             fired.setdefault(name, []).append((firing.rule, firing.inputs))
 
+    findings = frozenset(str(f["name"]) for f in outcome.derived if f.get("type") == "finding")
     recent = {name for name, lab in record.labs.items() if lab.band != "none"}
     ordered = sorted((pack.topics[name] for name in fired), key=lambda t: (t.spec.only_unsuggested, t.order))
     suggested_elsewhere: set[str] = set()
     cards: list[tuple[int, dict[str, Any]]] = []
     for topic in ordered:
         card = _render_card(
-            topic, fired[topic.name], explainer, record, pack, recent, suggested_elsewhere, new_id
+            topic, fired[topic.name], explainer, record, pack, recent, suggested_elsewhere, new_id, findings
         )
         if card is not None:
             cards.append((topic.order, card))
@@ -95,6 +96,7 @@ def _render_card(
     recent: set[str],
     suggested_elsewhere: set[str],
     new_id: Callable[[], str],
+    findings: frozenset[str] = frozenset(),
 ) -> dict[str, Any] | None:
     spec = topic.spec
     skip = len(spec.requires)
@@ -140,6 +142,7 @@ def _render_card(
 
     detail = (
         spec.detail.rstrip()
+        + advice_text(spec, findings)
         + "\n\n**Why this card**\n\n"
         + "\n".join(reasons)
         + f"\n\n_Rule pack {pack.manifest.id} {pack.version}._"
@@ -166,6 +169,26 @@ def _render_card(
         EXPLANATION_KEY: {"packVersion": pack.version, "rules": explanation, "evidence": all_refs}
     }
     return card
+
+
+def advice_text(spec: TopicSpec, findings: Collection[str]) -> str:
+    """The topic's advice for this patient: cautions whose findings hold, and advice that could harm
+    replaced by the reason it is withheld."""
+    lines: list[str] = []
+    for advice in spec.advice:
+        if advice.when and not findings_hold(advice.when, findings):
+            continue
+        if advice.withhold is not None and findings_hold(advice.withhold.when, findings):
+            lines.append(f"- **Withheld:** {advice.withhold.say.strip()}")
+        elif advice.when:
+            lines.append(f"- **Caution:** {advice.text.strip()}")
+        else:
+            lines.append(f"- {advice.text.strip()}")
+    return "\n\n**Advice**\n\n" + "\n".join(lines) if lines else ""
+
+
+def findings_hold(names: Iterable[str], findings: Collection[str]) -> bool:
+    return any(name in findings for name in names)
 
 
 def _summary(template: str, labels: tuple[str, ...], orders: list[str]) -> str:

@@ -5,8 +5,10 @@
     answers: {linkId: true|false|int}    one completed QuestionnaireResponse, nested in a group
     labs: {analyte: value | {value, unit, months_ago, days_ago, interpretation, range: [low, high],
            comparator, coded: positive|negative}}     one final Observation each (default: 1 month ago)
-    conditions: [group | {group, months_ago, status, verification}]
-    medications: [group | {group, as: statement, status, text_only}]
+    conditions: [group | {group, months_ago, status, verification, code}]
+    medications: [group | {group, as: statement, status, text_only, code, text}]
+                                         `code`: that code of the group's system, sent with no display;
+                                         `text`: only this text, no coding
 """
 
 from __future__ import annotations
@@ -132,7 +134,15 @@ def _condition(
     pack: RulePack, spec: dict[str, Any], now: datetime, subject: dict[str, Any], index: int
 ) -> dict[str, Any]:
     valueset = pack.valuesets.conditions[spec["group"]]
-    if valueset.codes:
+    if "code" in spec:
+        system = next(
+            (c.system for c in valueset.codes if c.code == spec["code"]),
+            next((p.system for p in valueset.prefixes if str(spec["code"]).startswith(p.prefix)), None),
+        )
+        if system is None:
+            raise ValueError(f"code {spec['code']!r} is not in condition group {spec['group']!r}")
+        coding = {"system": system, "code": str(spec["code"])}
+    elif valueset.codes:
         first = valueset.codes[0]
         coding = {"system": first.system, "code": first.code, "display": first.display}
     else:
@@ -172,7 +182,11 @@ def _medication(
     valueset = pack.valuesets.medications[spec["group"]]
     name = valueset.text[0] if valueset.text else valueset.display
     concept: dict[str, Any] = {"text": f"{name} tablet"}
-    if not spec.get("text_only"):
+    if "code" in spec:
+        concept = {"coding": [{"system": RXNORM, "code": str(spec["code"])}]}
+    elif "text" in spec:
+        concept = {"text": str(spec["text"])}
+    elif not spec.get("text_only"):
         first = valueset.codes[0]
         concept["coding"] = [{"system": first.system, "code": first.code, "display": first.display}]
     if spec.get("as") == "statement":
@@ -232,6 +246,17 @@ def run_case(evaluator: Evaluator, rule: RuleSpec, case: CaseSpec) -> CaseResult
         if case.indicator is not None and (card is None or card["indicator"] != case.indicator):
             got = card["indicator"] if card else "no card"
             return CaseResult(rule.id, case.id, False, f"expected indicator {case.indicator}, got {got}")
+        if card is not None:
+            labels = " ".join(s["label"] for s in card.get("suggestions", []))
+            text = f"{card['summary']}\n{card.get('detail', '')}\n{labels}".lower()
+            for words in case.card_says:
+                if words.lower() not in text:
+                    return CaseResult(rule.id, case.id, False, f"the {topic} card does not say {words!r}")
+            for words in case.card_lacks:
+                if words.lower() in text:
+                    return CaseResult(rule.id, case.id, False, f"the {topic} card says {words!r}")
+        elif case.card_says:
+            return CaseResult(rule.id, case.id, False, f"no {topic} card to say {case.card_says[0]!r}")
     return CaseResult(rule.id, case.id, True, "ok")
 
 

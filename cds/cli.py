@@ -20,6 +20,10 @@ from cds.settings import DEFAULT_RULES_DIR
 SERVICES = ("cramp-assessment", "calcium-order-check")
 CAUSE_TOPICS = frozenset(
     {
+        "urgent",
+        "calcium-excess",
+        "medication-safety",
+        "arterial-disease",
         "calcium-absorption",
         "magnesium-deficiency",
         "vitamin-d-deficiency",

@@ -34,6 +34,7 @@ def build_facts(record: PatientRecord, pack: RulePack) -> FactSet:
     patient: Fact = {
         "type": "patient",
         "label": f"age {record.age}" if record.age is not None else "age unknown",
+        "age_known": record.age is not None,
     }
     if record.age is not None:
         patient["age"] = record.age

@@ -17,7 +17,8 @@ COMMON_FIELDS: Final[dict[str, type]] = {"id": str, "type": str, "label": str}
 
 FACT_FIELDS: Final[dict[str, dict[str, type]]] = {
     # One per evaluation.
-    "patient": {"age": int},
+    # `age_known` lets a rule say "age unknown" (the rule language has no negation).
+    "patient": {"age": int, "age_known": bool},
     # One per analyte in the pack; band "none" says there is no recent usable result.
     "lab": {"analyte": str, "band": str, "grade": str, "value": float, "unit": str},
     # One per active condition that falls in a value set.

@@ -143,6 +143,9 @@ class CaseSpec(_Model):
     expect: Literal["fires", "silent"]
     indicator: Indicator | None = None
     now: str | None = None
+    # Wording checks on the rule's card (summary and detail), case-insensitive: what it must and must not say.
+    card_says: tuple[str, ...] = ()
+    card_lacks: tuple[str, ...] = ()
 
 
 class RuleSpec(_Model):
@@ -168,11 +171,31 @@ class OverrideReason(_Model):
     display: str
 
 
+class Withhold(_Model):
+    """Advice that can harm a subgroup: when any of these findings holds, `say` replaces the advice."""
+
+    when: tuple[str, ...] = Field(min_length=1)
+    say: str = Field(min_length=1)
+
+
+class Advice(_Model):
+    """One piece of advice on a card. `when`: shown only if one of these findings holds (a caution);
+    `withhold`: replaced by the reason it is withheld if one of its findings holds. `source` names the
+    guideline or label (with year) and `certainty` how sure the pack is of it."""
+
+    text: str = Field(min_length=1)
+    when: tuple[str, ...] = ()
+    withhold: Withhold | None = None
+    source: str | None = None
+    certainty: Literal["established", "probable", "uncertain"] | None = None
+
+
 class TopicSpec(_Model):
     topic: str
     display: str
     requires: tuple[str, ...] = ()
     detail: str
+    advice: tuple[Advice, ...] = ()
     suggest: tuple[str, ...] = ()
     only_unsuggested: bool = False
     override_reasons: tuple[OverrideReason, ...] = ()
@@ -434,6 +457,8 @@ def _compile(pack: RulePack) -> tuple[CompiledRule, ...]:
                     raise RulePackError(f"unknown order {order!r}", resource=rel, field=f"{where}.suggest")
         if not patterns:
             raise RulePackError("a rule needs at least one pattern", resource=rel, field=f"{where}.when")
+        if topic is not None and rule is topic.rules[0]:
+            _check_advice(topic, findings_made, rel)
         engine_patterns = tuple(
             _compile_pattern(p, pack, findings_made, rel, f"{where}.when.{i}") for i, p in enumerate(patterns)
         )
@@ -443,6 +468,19 @@ def _compile(pack: RulePack) -> tuple[CompiledRule, ...]:
             )
         )
     return tuple(compiled)
+
+
+def _check_advice(topic: TopicSpec, findings_made: set[str | None], rel: str) -> None:
+    for index, advice in enumerate(topic.advice):
+        named = [("when", advice.when)]
+        if advice.withhold is not None:
+            named.append(("withhold.when", advice.withhold.when))
+        for field_name, names in named:
+            for name in names:
+                if name not in findings_made:
+                    raise RulePackError(
+                        f"unknown finding {name!r}", resource=rel, field=f"advice.{index}.{field_name}"
+                    )
 
 
 def _rule_index(rule: RuleSpec, topic: TopicSpec | None, pack: RulePack) -> int:

@@ -244,10 +244,19 @@ def test_case_bundle_subject_is_the_patient(evaluator: Evaluator) -> None:
 
 
 def test_no_cards_without_cramp_context(evaluator: Evaluator) -> None:
-    given = {"age": 70, "labs": {"vitamin-d-25oh": 8, "magnesium": 0.4}, "conditions": ["hypothyroidism"]}
+    # Magnesium 0.6 is low but not critical: without cramps there is nothing to say.
+    given = {"age": 70, "labs": {"vitamin-d-25oh": 8, "magnesium": 0.6}, "conditions": ["hypothyroidism"]}
     result = evaluate_case(evaluator, given)
     assert result.response() == {"cards": []}
     assert "vitamin-d-deficiency.deficient" not in result.fired
+
+
+def test_a_critical_value_gives_a_critical_card_without_cramp_context(evaluator: Evaluator) -> None:
+    """Issue 8: a critically low magnesium needs action today whatever the visit is about."""
+    given = {"age": 70, "labs": {"vitamin-d-25oh": 8, "magnesium": 0.4}, "conditions": ["hypothyroidism"]}
+    result = evaluate_case(evaluator, given)
+    assert [(c["source"]["topic"]["code"], c["indicator"]) for c in result.cards] == [("urgent", "critical")]
+    assert result.cards[0]["summary"].startswith("Critically low magnesium: replace magnesium today")
 
 
 def test_summary_quotes_evidence(evaluator: Evaluator) -> None:
@@ -321,12 +330,16 @@ def test_workup_absent_with_all_baselines_recent(evaluator: Evaluator) -> None:
         pytest.param(
             {"answers": {"cramp-frequency": 1}, "labs": {"tsh": 8.0}},
             "neuromuscular",
-            ["tsh-test"],
-            ["free-t4-test", "emg", "nerve-conduction-study"],
+            # Issue 8 item 10: nerve studies only where a neuropathy is suspected.
+            ["tsh-test", "emg", "nerve-conduction-study"],
+            ["free-t4-test"],
             id="neuromuscular-recent-tsh",
         ),
         pytest.param(
-            {"answers": {"cramp-frequency": 1}, "labs": {"tsh": 8.0, "free-t4": 1.1}},
+            {
+                "answers": {"cramp-frequency": 1, "numbness-tingling": True},
+                "labs": {"tsh": 8.0, "free-t4": 1.1},
+            },
             "neuromuscular",
             ["tsh-test", "free-t4-test"],
             ["emg", "nerve-conduction-study"],
@@ -335,8 +348,8 @@ def test_workup_absent_with_all_baselines_recent(evaluator: Evaluator) -> None:
         pytest.param(
             {"answers": {"cramp-frequency": 1, "numbness-tingling": True}},
             "neuromuscular",
-            [],
-            ["tsh-test", "free-t4-test", "emg", "nerve-conduction-study"],
+            ["free-t4-test"],
+            ["emg", "nerve-conduction-study"],
             id="neuromuscular-nothing-recent",
         ),
         pytest.param(
@@ -345,8 +358,15 @@ def test_workup_absent_with_all_baselines_recent(evaluator: Evaluator) -> None:
                 "labs": {"calcium-total": 9.4, "vitamin-d-25oh": 40, "tsh": 1.5},
             },
             "seek-care",
-            ["calcium-test", "vitamin-d-25oh-test", "tsh-test"],
-            ["phosphate-test", "pth-test", "free-t4-test", "emg", "nerve-conduction-study"],
+            [
+                "calcium-test",
+                "vitamin-d-25oh-test",
+                "tsh-test",
+                "free-t4-test",
+                "emg",
+                "nerve-conduction-study",
+            ],
+            ["phosphate-test", "pth-test", "magnesium-test", "electrolyte-panel"],
             id="seek-care-recent-calcium-vitamin-d-tsh",
         ),
         pytest.param(

@@ -49,7 +49,7 @@ def test_evaluate_without_now_uses_the_clock() -> None:
 def test_evaluate_accepts_a_full_iso_now() -> None:
     done = cds("evaluate", "--now", "2026-06-01T12:00:00+12:00", FIXTURES / "neuromuscular.json")
     assert done.returncode == 0, done.stderr
-    assert topics_of(done.stdout) == ["lifestyle", "neuromuscular"]
+    assert topics_of(done.stdout) == ["lifestyle", "medication-safety", "neuromuscular"]
 
 
 def test_calcium_order_check_service_shows_causes_only() -> None:

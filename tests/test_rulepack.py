@@ -86,6 +86,11 @@ def test_questionnaire_link_ids_are_the_contract(pack: RulePack) -> None:
         "numbness-tingling",
         "pregnant",
         "persisting-after-lifestyle-changes",
+        # Red flags added for issue 8 (additions only: the linkIds above never change).
+        "claudication",
+        "calf-swelling-one-side",
+        "weakness-wasting-fasciculations",
+        "perioral-tingling-tetany",
     }
     assert pack.question_types["cramp-frequency"] == "integer"
 
