@@ -23,5 +23,8 @@ WORKDIR /srv
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
   CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2).status != 200)"]
-# Never --dev here: authentication stays on; CDS_PATIENT_HASH_KEY and CDS_TRUSTED_ISSUERS are required.
+# Never --dev here: authentication stays on; CDS_PATIENT_HASH_KEY, CDS_TRUSTED_ISSUERS and
+# CDS_PUBLIC_BASE_URL (the URL clients call, e.g. https://cds.example.org: JWT audiences are checked
+# against it) are required, or the service refuses to start. X-Forwarded-* headers are ignored unless
+# CDS_TRUSTED_PROXIES lists the proxy's address (e.g. '["10.0.0.5"]').
 CMD ["cds", "serve"]

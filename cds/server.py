@@ -63,6 +63,9 @@ def run(settings: Settings) -> None:
         log_config=uvicorn_log_config(settings.log_level),
         access_log=False,
         server_header=False,
+        # X-Forwarded-For/-Proto only from the configured proxies (uvicorn would trust 127.0.0.1).
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=list(settings.trusted_proxies) or None,
         ws="none",
         lifespan="on",
         timeout_graceful_shutdown=10,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from ipaddress import ip_network
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -37,7 +39,9 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1, le=64)
     """uvicorn worker processes, 1 to 64 (`cds serve --workers`)."""
     public_base_url: str | None = None
-    """External base URL behind a proxy: a JWT's `aud` must be this plus the path (unset: the request URL)."""
+    """The URL EHRs call (scheme, host, port, any path prefix), e.g. `https://cds.example.org`; a JWT's `aud` must be this plus the path. Required outside --dev; never taken from the Host or X-Forwarded-* headers."""
+    trusted_proxies: tuple[str, ...] = ()
+    """Proxies (IP addresses or networks, a JSON list) whose X-Forwarded-For/-Proto uvicorn believes; empty: none."""
     cors_origins: tuple[str, ...] = ()
     """Browser origins allowed by CORS, as a JSON list (`'["https://sandbox.cds-hooks.org"]'`); empty: CORS off."""
     max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
@@ -57,6 +61,29 @@ class Settings(BaseSettings):
             raise ValueError("log_level must be DEBUG, INFO, WARNING or ERROR")
         return level
 
+    @field_validator("public_base_url")
+    @classmethod
+    def _absolute_base_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise ValueError(
+                "CDS_PUBLIC_BASE_URL must be an absolute http(s) URL without query or fragment, "
+                "e.g. https://cds.example.org"
+            )
+        return value.strip().rstrip("/")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_addresses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            try:
+                ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"CDS_TRUSTED_PROXIES: {entry!r} is not an IP address or network") from None
+        return value
+
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:
         if not self.dev:
@@ -64,6 +91,11 @@ class Settings(BaseSettings):
                 raise ValueError("CDS_PATIENT_HASH_KEY must be set to a secret outside --dev")
             if self.trusted_issuers is None:
                 raise ValueError("CDS_TRUSTED_ISSUERS must name the trusted-issuers file outside --dev")
+            if self.public_base_url is None:
+                raise ValueError(
+                    "CDS_PUBLIC_BASE_URL must be set outside --dev (e.g. https://cds.example.org): JWT "
+                    "audiences are checked against it, never against the request's Host header"
+                )
         return self
 
 

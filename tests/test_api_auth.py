@@ -254,3 +254,43 @@ def test_a_blackholed_issuer_does_not_hold_up_a_healthy_one(
             for _ in range(5):
                 assert_401(api.client.get("/cds-services", headers=bearer(forger.token(url, now=NOW))))
             assert hole.accepted == 1
+
+
+STEERING = {
+    "host-header": {"Host": "evil.example.org"},
+    "forwarded-proto-and-host": {
+        "Host": "evil.example.org",
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "evil.example.org",
+        "X-Forwarded-For": "127.0.0.1",
+    },
+    "forwarded-rfc7239": {"Host": "evil.example.org", "Forwarded": "proto=https;host=evil.example.org"},
+}
+
+
+@pytest.mark.parametrize("headers", list(STEERING.values()), ids=list(STEERING))
+def test_the_audience_cannot_be_steered_by_host_or_forwarded_headers(
+    api: Api, issuer: Issuer, headers: dict[str, str]
+) -> None:
+    """Issue 9 class 5: a token minted for another service's URL is refused, whatever the request
+    claims about its own host and scheme; the audience is CDS_PUBLIC_BASE_URL + path only."""
+    for minted_for in ("https://evil.example.org/cds-services", "http://evil.example.org/cds-services"):
+        token = issuer.token(minted_for, now=NOW)
+        assert_401(api.client.get("/cds-services", headers={**headers, **bearer(token)}))
+    token = issuer.token(api.runtime.settings.public_base_url + "/cds-services", now=NOW)
+    assert api.client.get("/cds-services", headers={**headers, **bearer(token)}).status_code == 200
+
+
+def test_cds_serve_trusts_forwarded_headers_only_from_configured_proxies(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, issuer: Issuer
+) -> None:
+    import uvicorn
+
+    from cds import server
+
+    seen: list[dict[str, Any]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: seen.append(kwargs))
+    server.run(secure_settings(tmp_path, issuer))
+    server.run(secure_settings(tmp_path, issuer, trusted_proxies=("10.0.0.0/8", "192.0.2.7")))
+    assert (seen[0]["proxy_headers"], seen[0]["forwarded_allow_ips"]) == (False, None)
+    assert (seen[1]["proxy_headers"], seen[1]["forwarded_allow_ips"]) == (True, ["10.0.0.0/8", "192.0.2.7"])

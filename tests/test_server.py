@@ -19,7 +19,16 @@ from cds.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 CDS = Path(sys.executable).parent / "cds"
-SERVE_KEYS = ("CDS_DEV", "CDS_HOST", "CDS_PORT", "CDS_WORKERS", "CDS_PATIENT_HASH_KEY", "CDS_TRUSTED_ISSUERS")
+SERVE_KEYS = (
+    "CDS_DEV",
+    "CDS_HOST",
+    "CDS_PORT",
+    "CDS_WORKERS",
+    "CDS_PATIENT_HASH_KEY",
+    "CDS_TRUSTED_ISSUERS",
+    "CDS_PUBLIC_BASE_URL",
+    "CDS_TRUSTED_PROXIES",
+)
 
 
 def free_port() -> int:
@@ -139,3 +148,24 @@ def test_make_run_passes_port_and_host_to_cds_serve() -> None:
         check=True,
     )
     assert "bin/cds serve --dev --host 127.0.0.1 --port 8123" in done.stdout
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_serve_without_dev_needs_its_public_url(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Issue 9 class 5: outside --dev the JWT audience comes from configuration, never from Host."""
+    monkeypatch.setenv("CDS_PATIENT_HASH_KEY", "a-real-secret")
+    trusted = tmp_path / "trusted.yaml"
+    trusted.write_text("issuers: [{iss: https://ehr.example.org, jwks: {keys: []}}]\n")
+    monkeypatch.setenv("CDS_TRUSTED_ISSUERS", str(trusted))
+    result = CliRunner().invoke(main, ["serve", "--port", "1"])
+    assert result.exit_code == 2
+    assert "CDS_PUBLIC_BASE_URL must be set outside --dev" in result.output
+    monkeypatch.setenv("CDS_PUBLIC_BASE_URL", "cds.example.org/no-scheme")
+    result = CliRunner().invoke(main, ["serve", "--port", "1"])
+    assert result.exit_code == 2
+    assert "absolute http(s) URL" in result.output
+    monkeypatch.setenv("CDS_PUBLIC_BASE_URL", "https://cds.example.org")
+    monkeypatch.setenv("CDS_TRUSTED_PROXIES", '["not-an-ip"]')
+    result = CliRunner().invoke(main, ["serve", "--port", "1"])
+    assert result.exit_code == 2
+    assert "'not-an-ip' is not an IP address or network" in result.output

@@ -137,9 +137,15 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
 def endpoint_url(request: Request, settings: Settings) -> str:
-    """The URL the client called, as the JWT `aud` must name it: public_base_url + path when configured."""
+    """The URL the client called, as the JWT `aud` must name it: CDS_PUBLIC_BASE_URL + the path.
+
+    Never built from the Host or X-Forwarded-* headers, which the caller chooses. Only --dev (no
+    authentication) may run without a public base URL; there it is the URL as the request states it.
+    """
     if settings.public_base_url:
-        return settings.public_base_url.rstrip("/") + request.url.path
+        return settings.public_base_url + request.url.path
+    if not settings.dev:
+        raise RuntimeError("CDS_PUBLIC_BASE_URL is required outside --dev")  # Settings refuses earlier
     return str(request.url.replace(query="", fragment=""))
 
 

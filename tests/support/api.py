@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import time
 import uuid
@@ -38,9 +39,13 @@ def dev_settings(tmp_path: Path, **overrides: Any) -> Settings:
 
 
 def secure_settings(tmp_path: Path, issuer: Issuer, **overrides: Any) -> Settings:
-    """Production-like settings: JWTs from `issuer` only, a real hash key, a private SQLite store."""
+    """Production-like settings: JWTs from `issuer` only, a real hash key, a private SQLite store, and
+    a free loopback port whose URL is the public base URL (`running` serves on that port)."""
+    port = free_port()
     values: dict[str, Any] = {
         "dev": False,
+        "port": port,
+        "public_base_url": f"http://127.0.0.1:{port}",
         "database_url": f"sqlite:///{tmp_path / 'cds.sqlite3'}",
         "patient_hash_key": HASH_KEY,
         "trusted_issuers": issuer.write_trusted_issuers(tmp_path / "trusted-issuers.json"),
@@ -70,15 +75,34 @@ def running(settings: Settings, **kwargs: Any) -> Iterator[Api]:
     """create_app(settings, clock=NOW, **kwargs) served by uvicorn, with an httpx client."""
     kwargs.setdefault("clock", lambda: NOW)
     app = create_app(settings, **kwargs)
-    with serve(app) as base, httpx.Client(base_url=base, timeout=30) as client:
+    # secure_settings names a free loopback port as the public URL: serve there (else any free port).
+    own = settings.public_base_url == f"http://127.0.0.1:{settings.port}"
+    port = settings.port if own else 0
+    with serve(app, port=port) as base, httpx.Client(base_url=base, timeout=30) as client:
         yield Api(base=base, client=client, app=app)
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 @contextmanager
-def serve(app: FastAPI) -> Iterator[str]:
-    """Start `app` with uvicorn in a thread on 127.0.0.1:<free port>; yield its base URL; stop it."""
+def serve(app: FastAPI, *, port: int = 0) -> Iterator[str]:
+    """Start `app` with uvicorn in a thread on 127.0.0.1:<port, free by default>; yield its base URL; stop it.
+
+    As `cds serve` does, X-Forwarded-* headers are not trusted from anyone.
+    """
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_config=None, lifespan="on", ws="none", access_log=False
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        lifespan="on",
+        ws="none",
+        access_log=False,
+        proxy_headers=False,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
