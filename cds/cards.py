@@ -74,7 +74,9 @@ def render_cards(
             fired.setdefault(name, []).append((firing.rule, firing.inputs))
 
     findings = frozenset(str(f["name"]) for f in outcome.derived if f.get("type") == "finding")
-    recent = {name for name, lab in record.labs.items() if lab.band != "none"}
+    # A test counts as done when its newest result in the window was usable: an unreadable newest
+    # result (even with an earlier usable one) leaves the repeat test suggestable.
+    recent = {name for name, lab in record.labs.items() if lab.usable and not lab.earlier}
     ordered = sorted((pack.topics[name] for name in fired), key=lambda t: (t.spec.only_unsuggested, t.order))
     suggested_elsewhere: set[str] = set()
     cards: list[tuple[int, dict[str, Any]]] = []

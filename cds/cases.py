@@ -4,7 +4,9 @@
     age: 52 | null                       Patient.birthDate set so the age at `now` is this (null: no birthDate)
     answers: {linkId: true|false|int}    one completed QuestionnaireResponse, nested in a group
     labs: {analyte: value | {value, unit, months_ago, days_ago, interpretation, range: [low, high],
-           comparator, coded: positive|negative}}     one final Observation each (default: 1 month ago)
+           comparator, coded: positive|negative, coded_as: {system, code}} | [several of these]}
+                                         one final Observation each (default: 1 month ago); `value: null`
+                                         sends no value, `coded_as` a code the pack does not know
     conditions: [group | {group, months_ago, status, verification, code}]
     medications: [group | {group, as: statement, status, text_only, code, text}]
                                          `code`: that code of the group's system, sent with no display;
@@ -56,12 +58,15 @@ def build_case_bundle(pack: RulePack, given: dict[str, Any], now: datetime) -> d
     entries.append({"fullUrl": PATIENT_URL, "resource": patient})
     subject = {"reference": PATIENT_URL}
 
-    for index, (analyte, spec) in enumerate(given.get("labs", {}).items()):
-        add(
-            _observation(
-                pack, analyte, spec if isinstance(spec, dict) else {"value": spec}, now, subject, index
+    index = 0
+    for analyte, specs in given.get("labs", {}).items():
+        for spec in specs if isinstance(specs, list) else [specs]:
+            add(
+                _observation(
+                    pack, analyte, spec if isinstance(spec, dict) else {"value": spec}, now, subject, index
+                )
             )
-        )
+            index += 1
     for index, spec in enumerate(given.get("conditions", [])):
         add(_condition(pack, spec if isinstance(spec, dict) else {"group": spec}, now, subject, index))
     for index, spec in enumerate(given.get("medications", [])):
@@ -98,13 +103,13 @@ def _observation(
         coded = next(c for c in definition.coded_values if c.band == spec["coded"])
         obs["valueCodeableConcept"] = {"coding": [{"system": coded.system, "code": coded.code}]}
         return obs
+    if "coded_as" in spec:  # a code the pack does not know: {system, code, display}
+        obs["valueCodeableConcept"] = {"coding": [dict(spec["coded_as"])]}
+        return obs
     unit = spec.get("unit", definition.unit)
-    quantity: dict[str, Any] = {
-        "value": spec["value"],
-        "unit": unit,
-        "system": "http://unitsofmeasure.org",
-        "code": unit,
-    }
+    quantity: dict[str, Any] = {"unit": unit, "system": "http://unitsofmeasure.org", "code": unit}
+    if spec["value"] is not None:  # `value: null` sends a result with a unit and no value
+        quantity["value"] = spec["value"]
     if "comparator" in spec:
         quantity["comparator"] = spec["comparator"]
     obs["valueQuantity"] = quantity

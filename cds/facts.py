@@ -52,14 +52,27 @@ def build_facts(record: PatientRecord, pack: RulePack) -> FactSet:
                 }
             )
             continue
-        fact: Fact = {"type": "lab", "analyte": name, "band": result.band, "label": result.display}
+        label = result.display
+        refs: tuple[str, ...] = (result.ref,)
+        if result.newer_unreadable is not None:
+            label = f"{result.newer_unreadable.display}; {label}"
+            refs = (result.newer_unreadable.ref, result.ref)
+        fact: Fact = {
+            "type": "lab",
+            "analyte": name,
+            "band": result.band,
+            "label": label,
+            "critical": result.critical,
+            "unreadable": not result.usable or result.newer_unreadable is not None,
+            "earlier": result.earlier,
+        }
         if result.grade is not None:
             fact["grade"] = result.grade
         if result.value is not None:
             fact["value"] = float(result.value)
         if result.unit is not None:
             fact["unit"] = result.unit
-        out.add(fact, (result.ref,))
+        out.add(fact, refs)
 
     for hit in record.conditions:
         condition: Fact = {"type": "condition", "group": hit.group, "label": hit.display}

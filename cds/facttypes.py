@@ -19,8 +19,20 @@ FACT_FIELDS: Final[dict[str, dict[str, type]]] = {
     # One per evaluation.
     # `age_known` lets a rule say "age unknown" (the rule language has no negation).
     "patient": {"age": int, "age_known": bool},
-    # One per analyte in the pack; band "none" says there is no recent usable result.
-    "lab": {"analyte": str, "band": str, "grade": str, "value": float, "unit": str},
+    # One per analyte in the pack; band "none" says there is no recent result, "unreadable" that the
+    # recent ones cannot be used. `critical`: flagged LL/HH/AA/</> or beyond a critical cut-off of
+    # analytes.yaml (the band stays low/high). `unreadable`: the newest result in the window could not be
+    # read (then `earlier` says the band comes from the newest usable result before it).
+    "lab": {
+        "analyte": str,
+        "band": str,
+        "grade": str,
+        "value": float,
+        "unit": str,
+        "critical": bool,
+        "unreadable": bool,
+        "earlier": bool,
+    },
     # One per active condition that falls in a value set.
     "condition": {"group": str, "onset_months": int},
     # One per active medication that falls in a value set.
@@ -34,7 +46,9 @@ FACT_FIELDS: Final[dict[str, dict[str, type]]] = {
     "sentinel": {},
 }
 
-LAB_BANDS: Final = frozenset({"none", "low", "normal", "high", "indeterminate", "positive", "negative"})
+LAB_BANDS: Final = frozenset(
+    {"none", "low", "normal", "high", "indeterminate", "positive", "negative", "unreadable"}
+)
 
 
 def check_fact(fact: Fact) -> None:

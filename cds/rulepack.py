@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -86,22 +87,47 @@ class UnitRule(_Model):
 
 
 class Threshold(_Model):
+    """A cut-off in the analyte's canonical unit. `below`/`at_or_below` make a low band,
+    `above`/`at_or_above` a high one. Critical cut-offs name where they come from."""
+
     band: Literal["low", "high"]
     grade: str | None = None
     below: float | None = None
+    at_or_below: float | None = None
     above: float | None = None
     at_or_above: float | None = None
+    source: str | None = None
+    year: int | None = Field(default=None, ge=1950, le=2100)
+    certainty: Literal["established", "consensus", "uncertain"] | None = None
 
     @model_validator(mode="after")
     def _one_bound(self) -> Threshold:
-        given = [b for b in (self.below, self.above, self.at_or_above) if b is not None]
+        given = [b for b in (self.below, self.at_or_below, self.above, self.at_or_above) if b is not None]
         if len(given) != 1:
-            raise ValueError("give exactly one of below, above or at_or_above")
-        if self.band == "low" and self.below is None:
-            raise ValueError("a low band needs `below`")
-        if self.band == "high" and self.below is not None:
+            raise ValueError("give exactly one of below, at_or_below, above or at_or_above")
+        if self.band == "low" and self.below is None and self.at_or_below is None:
+            raise ValueError("a low band needs `below` or `at_or_below`")
+        if self.band == "high" and (self.below is not None or self.at_or_below is not None):
             raise ValueError("a high band needs `above` or `at_or_above`")
         return self
+
+    @property
+    def bound(self) -> float:
+        """The cut-off value, whichever of the four fields holds it."""
+        for value in (self.below, self.at_or_below, self.above, self.at_or_above):
+            if value is not None:
+                return value
+        raise AssertionError("validated: one bound is set")
+
+    @property
+    def inclusive_upper(self) -> bool:
+        """True when the split is x <= bound | x > bound (`at_or_below`, `above`)."""
+        return self.at_or_below is not None or self.above is not None
+
+    @property
+    def crossed_side(self) -> str:
+        """The side of the bound (see cds.record.labs.side) on which this threshold holds."""
+        return "under" if self.band == "low" else "over"
 
 
 class CodedValue(_Model):
@@ -117,8 +143,25 @@ class Analyte(_Model):
     recent_months: int = Field(ge=1, le=120)
     codes: tuple[CodeEntry, ...] = Field(min_length=1)
     units: tuple[UnitRule, ...] = ()
+    # Reporting precision in the canonical unit: a converted value is rounded to it before any cut-off.
+    decimals: int = Field(default=2, ge=0, le=4)
     thresholds: tuple[Threshold, ...] = ()
+    # Critical (panic) cut-offs: a result beyond one needs action today. Each names source, year, certainty.
+    critical: tuple[Threshold, ...] = ()
     coded_values: tuple[CodedValue, ...] = ()
+
+    @field_validator("critical")
+    @classmethod
+    def _sourced(cls, critical: tuple[Threshold, ...]) -> tuple[Threshold, ...]:
+        for index, threshold in enumerate(critical):
+            if threshold.source is None or threshold.year is None or threshold.certainty is None:
+                raise ValueError(f"critical cut-off {index} needs source, year and certainty")
+        return critical
+
+    @property
+    def shown_unit(self) -> str | None:
+        """The canonical unit as a person reads it: no UCUM braces (`mL/min/{1.73_m2}` -> `mL/min/1.73 m²`)."""
+        return readable_unit(self.unit) if self.unit is not None else None
 
     @cached_property
     def unit_factors(self) -> dict[str, float]:
@@ -129,6 +172,16 @@ class Analyte(_Model):
                 if key is not None:
                     table[key] = rule.factor
         return table
+
+
+def readable_unit(unit: str) -> str:
+    """A UCUM unit for display: annotations lose their braces, `_` becomes a space, m2 becomes m².
+
+    >>> readable_unit("mL/min/{1.73_m2}"), readable_unit("kg/m2"), readable_unit("m[IU]/L")
+    ('mL/min/1.73 m²', 'kg/m²', 'mIU/L')
+    """
+    text = unit.replace("{", "").replace("}", "").replace("[", "").replace("]", "").replace("_", " ")
+    return re.sub(r"(?<=[a-zA-Z])2\b", "²", text)
 
 
 class Order(_Model):

@@ -184,7 +184,7 @@ CONVERSIONS = [
         CODE["vitamin-d-25oh"],
         quantity(49.9, "nmol/L"),
         "vitamin-d-25oh",
-        19.992,
+        19.99,
         "low",
         "deficient",
     ),
@@ -193,7 +193,7 @@ CONVERSIONS = [
         CODE["vitamin-d-25oh"],
         quantity(50, "nmol/L"),
         "vitamin-d-25oh",
-        20.032,
+        20.03,
         "low",
         "insufficient",
     ),
@@ -202,7 +202,7 @@ CONVERSIONS = [
         CODE["vitamin-d-25oh"],
         quantity(74.8, "nmol/L"),
         "vitamin-d-25oh",
-        29.968,
+        29.97,
         "low",
         "insufficient",
     ),
@@ -211,7 +211,7 @@ CONVERSIONS = [
         CODE["vitamin-d-25oh"],
         quantity(75, "nmol/L"),
         "vitamin-d-25oh",
-        30.048,
+        30.05,
         "normal",
         None,
     ),
@@ -220,7 +220,7 @@ CONVERSIONS = [
         CODE["vitamin-d3-molar"],
         quantity(35, "nmol/L"),
         "vitamin-d-25oh",
-        14.0224,
+        14.02,
         "low",
         "deficient",
     ),
@@ -238,7 +238,7 @@ CONVERSIONS = [
         CODE["vitamin-d-25oh"],
         quantity(49.9, "nmol/L", code=False),
         "vitamin-d-25oh",
-        19.992,
+        19.99,
         "low",
         "deficient",
     ),
@@ -247,17 +247,19 @@ CONVERSIONS = [
         CODE["vitamin-d-25oh"],
         {"value": 50, "unit": "nmol/L", "system": "http://lab.example.org/units", "code": "NMOLL"},
         "vitamin-d-25oh",
-        20.032,
+        20.03,
         "low",
         "insufficient",
     ),
-    ("mg-1.7-mg-dl-low", CODE["magnesium"], quantity(1.7, "mg/dL"), "magnesium", 0.69938, "low", None),
+    # 1.7 mg/dL is 0.69938 mmol/L: at the reporting precision (0.70) it is on the cut-off, not under it.
+    ("mg-1.7-mg-dl-normal", CODE["magnesium"], quantity(1.7, "mg/dL"), "magnesium", 0.70, "normal", None),
+    ("mg-1.68-mg-dl-low", CODE["magnesium"], quantity(1.68, "mg/dL"), "magnesium", 0.69, "low", None),
     (
         "mg-1.71-mg-dl-normal",
         CODE["magnesium"],
         quantity(1.71, "mg/dL"),
         "magnesium",
-        0.703494,
+        0.7,
         "normal",
         None,
     ),
@@ -265,21 +267,23 @@ CONVERSIONS = [
     ("mg-1.4-meq-normal", CODE["magnesium"], quantity(1.4, "mEq/L"), "magnesium", 0.70, "normal", None),
     ("mg-0.69-mmol-low", CODE["magnesium"], quantity(0.69, "mmol/L"), "magnesium", 0.69, "low", None),
     ("mg-0.70-mmol-normal", CODE["magnesium"], quantity(0.70, "mmol/L"), "magnesium", 0.70, "normal", None),
+    # 2.12 mmol/L is 8.497 mg/dL: 8.50 at the reporting precision, on the cut-off (the SI lower limit).
     (
-        "ca-2.12-mmol-low",
+        "ca-2.12-mmol-normal",
         CODE["calcium-total"],
         quantity(2.12, "mmol/L"),
         "calcium-total",
-        8.49696,
-        "low",
+        8.5,
+        "normal",
         None,
     ),
+    ("ca-2.11-mmol-low", CODE["calcium-total"], quantity(2.11, "mmol/L"), "calcium-total", 8.46, "low", None),
     (
         "ca-2.13-mmol-normal",
         CODE["calcium-molar"],
         quantity(2.13, "mmol/L"),
         "calcium-total",
-        8.53704,
+        8.54,
         "normal",
         None,
     ),
@@ -302,8 +306,8 @@ CONVERSIONS = [
     ("tsh-micro-sign-text", CODE["tsh"], quantity(6.0, "\u00b5IU/mL", code=False), "tsh", 6.0, "high", None),
     ("tsh-greek-mu-text", CODE["tsh"], quantity(6.0, "\u03bcIU/mL", code=False), "tsh", 6.0, "high", None),
     ("tsh-spaced-upper-text", CODE["tsh"], quantity(6.0, " MIU / L ", code=False), "tsh", 6.0, "high", None),
-    ("ft4-10-pmol-low", CODE["free-t4-molar"], quantity(10, "pmol/L"), "free-t4", 0.777001, "low", None),
-    ("ft4-10.5-pmol-normal", CODE["free-t4"], quantity(10.5, "pmol/L"), "free-t4", 0.815851, "normal", None),
+    ("ft4-10-pmol-low", CODE["free-t4-molar"], quantity(10, "pmol/L"), "free-t4", 0.78, "low", None),
+    ("ft4-10.5-pmol-normal", CODE["free-t4"], quantity(10.5, "pmol/L"), "free-t4", 0.82, "normal", None),
     ("ft4-0.79-ng-dl-low", CODE["free-t4"], quantity(0.79, "ng/dL"), "free-t4", 0.79, "low", None),
     ("egfr-59-low", CODE["egfr"], quantity(59, "mL/min/{1.73_m2}"), "egfr", 59.0, "low", None),
     ("bmi-30-obese", CODE["bmi"], quantity(30, "kg/m2"), "bmi", 30.0, "high", "obese"),
@@ -326,7 +330,7 @@ def test_unit_conversion_to_canonical_unit(
 ) -> None:
     result = run(evaluator, bundle(observation(loinc, value)))
     lab = result.record.labs[analyte]
-    assert lab.value == pytest.approx(canonical, abs=1e-4)
+    assert lab.value == pytest.approx(canonical, abs=1e-9)  # rounded to the reporting precision
     assert lab.unit == evaluator.pack.analytes[analyte].unit
     assert (lab.band, lab.grade) == (band, grade)
     assert lab.ref == "Observation/obs-1"
@@ -345,13 +349,12 @@ def test_unit_conversion_to_canonical_unit(
         ),
     ],
 )
-def test_unknown_unit_is_indeterminate_and_noted(
-    evaluator: Evaluator, value: dict[str, Any], why: str
-) -> None:
+def test_unknown_unit_is_unreadable_and_noted(evaluator: Evaluator, value: dict[str, Any], why: str) -> None:
     result = run(evaluator, bundle(observation(CODE["vitamin-d-25oh"], value, oid="odd-unit"), cramps()))
     lab = result.record.labs["vitamin-d-25oh"]
-    assert lab.band == "indeterminate"
+    assert lab.band == "unreadable"
     assert lab.value is None
+    assert "could not be read" in lab.display
     notes = notes_about(result, "Observation/odd-unit")
     assert len(notes) == 1
     assert why in notes[0]
@@ -362,9 +365,10 @@ def test_unknown_unit_is_indeterminate_and_noted(
     assert not any(c["source"]["topic"]["code"] == "vitamin-d-deficiency" for c in result.cards)
 
 
-def test_observation_without_value_is_indeterminate_and_noted(evaluator: Evaluator) -> None:
+def test_observation_without_value_is_unreadable_and_noted(evaluator: Evaluator) -> None:
     result = run(evaluator, bundle(observation(CODE["magnesium"], None, oid="no-value")))
-    assert result.record.labs["magnesium"].band == "indeterminate"
+    assert result.record.labs["magnesium"].band == "unreadable"
+    assert result.record.labs["magnesium"].why == "the result has no value"
     assert notes_about(result, "Observation/no-value")
 
 

@@ -9,14 +9,23 @@ from datetime import datetime
 @dataclass(frozen=True)
 class LabResult:
     analyte: str
-    band: str  # low | normal | high | indeterminate | positive | negative
+    band: str  # low | normal | high | indeterminate | positive | negative | unreadable
     grade: str | None
     value: float | None
     unit: str | None
     display: str
     when: datetime
     ref: str
-    basis: str  # interpretation | reference-range | default | coded
+    basis: str  # interpretation | reference-range | default | coded | none
+    critical: bool = False  # flagged LL/HH/AA/</> or beyond a critical cut-off of the pack
+    why: str | None = None  # for an unreadable result: why it could not be used
+    # The newest result in the window could not be read; this is the newest usable one before it.
+    earlier: bool = False
+    newer_unreadable: LabResult | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.band != "unreadable"
 
 
 @dataclass(frozen=True)
