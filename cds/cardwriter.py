@@ -50,6 +50,11 @@ class CardWriter:
                 self._thread = threading.Thread(target=self._run, name="cds-card-writer", daemon=True)
                 self._thread.start()
 
+    @property
+    def waiting(self) -> int:
+        """Hook calls waiting for the next commit (not counting those in the commit under way)."""
+        return self._inbox.qsize()
+
     def submit(self, pending: PendingCards) -> Future[bool]:
         """Hand one hook call's cards to the writer; the future says whether they were queued."""
         self._ensure_started()

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
+import json
+import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from importlib import resources
@@ -18,20 +21,32 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import func, select, text
+from sqlalchemy.engine import make_url
 
 from cds.store import (
+    CARD_LIMITS,
+    FEEDBACK_LIMITS,
+    JTI_LIMITS,
     Base,
+    CardBacklog,
+    DeadLetterRow,
     FeedbackItem,
     FeedbackRow,
     IssuedCard,
     IssuedCardRow,
+    PendingCards,
     ReasonCount,
     ReportRow,
+    SeenJtiRow,
     Store,
     StoreUnavailableError,
     UnknownCardError,
+    UnstorableValueError,
     patient_hash,
+    text_problem,
 )
 from tests.support.postgres import fresh_database
 
@@ -518,3 +533,245 @@ def test_patient_hash_refuses_empty_key() -> None:
 def test_unsupported_urls_are_refused(url: str) -> None:
     with pytest.raises(ValueError):
         Store(url)
+
+
+# --------------------------------------------------------------------------- text no database can keep
+
+# Control characters (U+0000 first among them), unpaired surrogates, and lengths around the columns'.
+CONTROL = st.characters(min_codepoint=0, max_codepoint=0x1F) | st.sampled_from(["\x7f", "\x85", "\u2028"])
+SURROGATE = st.characters(categories=["Cs"])
+AWKWARD_TEXT = st.one_of(
+    st.text(st.one_of(CONTROL, SURROGATE, st.characters()), min_size=1, max_size=30),
+    st.builds(
+        lambda char, n: char * n,
+        st.sampled_from(["x", "é", "\x00", "\x01"]),
+        st.sampled_from([36, 37, 64, 65, 255, 256, 512, 513, 1024, 1025, 20_000]),
+    ),
+)
+AWKWARD = settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+CARD_TEXTS = ["service_id", "hook_instance", "topic", "rule_ids", "patient_hash", "pack_version"]
+FEEDBACK_TEXTS = [
+    "accepted_suggestions",
+    "override_reason_code",
+    "override_reason_system",
+    "override_comment",
+]
+_fresh = itertools.count()
+
+
+def _limit(field: str) -> int | None:
+    return CARD_LIMITS.get(field) if field in CARD_LIMITS else FEEDBACK_LIMITS.get(field)
+
+
+@pytest.mark.parametrize("field", CARD_TEXTS)
+@AWKWARD
+@given(value=AWKWARD_TEXT)
+def test_every_card_text_is_kept_exactly_or_refused_naming_its_field(
+    store: Store, field: str, value: str
+) -> None:
+    uuid = f"card-{next(_fresh)}"
+    values: dict[str, Any] = {
+        "service_id": "svc",
+        "hook_instance": "hook",
+        "topic": "magnesium",
+        "rule_ids": "rule",
+        "patient_hash": "0" * 64,
+        "pack_version": "1.0",
+    } | {field: value}
+    pending = PendingCards(
+        service_id=values["service_id"],
+        hook_instance=values["hook_instance"],
+        patient_hash=values["patient_hash"],
+        pack_version=values["pack_version"],
+        cards=(IssuedCard(uuid=uuid, topic=values["topic"], rule_ids=(values["rule_ids"],)),),
+        issued_at=T0,
+    )
+    problem = text_problem(value, _limit(field))
+    if problem is not None:
+        with pytest.raises(UnstorableValueError) as refused:
+            store.record_card_batches([pending])
+        assert (refused.value.field, refused.value.reason) == (field, problem)
+    else:
+        assert store.record_card_batches([pending]) == 1
+    with store.engine.connect() as conn:
+        row = conn.execute(select(IssuedCardRow).where(IssuedCardRow.uuid == uuid)).one_or_none()
+    if problem is not None:
+        assert row is None
+        return
+    assert row is not None
+    kept = {name: getattr(row, name) for name in CARD_TEXTS}
+    assert kept == values | {"rule_ids": [values["rule_ids"]]}
+
+
+@pytest.mark.parametrize("field", FEEDBACK_TEXTS)
+@AWKWARD
+@given(value=AWKWARD_TEXT)
+def test_every_feedback_text_is_kept_exactly_or_refused_naming_its_field(
+    store: Store, field: str, value: str
+) -> None:
+    uuid = f"card-{next(_fresh)}"
+    _record(store, "svc", (uuid, "magnesium"))
+    accepted = field == "accepted_suggestions"
+    item = FeedbackItem(
+        card_uuid=uuid,
+        outcome="accepted" if accepted else "overridden",
+        outcome_timestamp=T0,
+        accepted_suggestions=(value,) if accepted else (),
+        **({} if accepted else {field: value}),
+    )
+    problem = text_problem(value, _limit(field))
+    if problem is not None:
+        with pytest.raises(UnstorableValueError) as refused:
+            store.record_feedback(service_id="svc", items=[item], received_at=T0)
+        assert (refused.value.field, refused.value.reason) == (field, problem)
+    else:
+        assert store.record_feedback(service_id="svc", items=[item], received_at=T0) == 1
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(FeedbackRow).where(FeedbackRow.card_uuid == uuid)).all()
+    if problem is not None:
+        assert rows == []
+        return
+    [row] = rows
+    assert getattr(row, field) == ([value] if accepted else value)
+
+
+@pytest.mark.parametrize("field", ["iss", "jti"])
+@AWKWARD
+@given(value=AWKWARD_TEXT)
+def test_a_jwt_id_is_kept_exactly_or_refused_naming_its_field(store: Store, field: str, value: str) -> None:
+    names = {"iss": "https://ehr.example.org", "jti": f"jti-{next(_fresh)}"} | {field: value}
+    problem = text_problem(value, JTI_LIMITS[field])
+    remember = {"expires_at": T0 + timedelta(minutes=5), "now": T0}
+    if problem is not None:
+        with pytest.raises(UnstorableValueError) as refused:
+            store.remember_jti(iss=names["iss"], jti=names["jti"], **remember)
+        assert refused.value.field == field
+        return
+    store.remember_jti(iss=names["iss"], jti=names["jti"], **remember)
+    with store.engine.connect() as conn:
+        assert (
+            conn.execute(
+                select(func.count()).where(SeenJtiRow.iss == names["iss"], SeenJtiRow.jti == names["jti"])
+            ).scalar_one()
+            == 1
+        )
+
+
+# --------------------------------------------------------------------------- a queue one value cannot block
+
+
+class SwitchedStore(Store):
+    """A store whose card writes can be switched off (an outage) and whose value checks can be skipped
+    (a value the checks miss, so that the database itself must refuse it)."""
+
+    down = False
+    checked = True
+
+    def record_card_batches(self, batches: Sequence[PendingCards]) -> int:
+        if self.down:
+            raise StoreUnavailableError("switched off")
+        return super().record_card_batches(batches)
+
+    def check_cards(self, pending: PendingCards) -> None:  # type: ignore[override]
+        if self.checked:
+            Store.check_cards(pending)
+
+
+def _pending(hook_instance: str) -> PendingCards:
+    card = IssuedCard(uuid=f"card-{next(_fresh)}", topic="magnesium", rule_ids=("rule",))
+    return PendingCards("svc", hook_instance, "0" * 64, "1.0", (card,), T0)
+
+
+POISONS = [
+    pytest.param(
+        True, "a\x00b", "UnstorableValueError: hook_instance: must not contain U+0000", id="nul-checked"
+    ),
+    pytest.param(
+        True,
+        "\ud800",
+        "UnstorableValueError: hook_instance: must not contain an unpaired",
+        id="surrogate-checked",
+    ),
+    pytest.param(False, "\udfff", "UnicodeEncodeError", id="surrogate-refused-by-the-driver"),
+    pytest.param(False, "x" * 256, None, id="too-long-refused-by-the-database"),
+]
+
+
+@pytest.mark.parametrize(("checked", "poison", "reason"), POISONS)
+def test_a_queued_batch_the_store_refuses_is_set_aside_and_the_rest_is_written(
+    store_url: str, checked: bool, poison: str, reason: str | None
+) -> None:
+    store = SwitchedStore(store_url)
+    store.migrate()
+    store.checked = checked
+    backlog = CardBacklog(store, clock=lambda: T0)
+    try:
+        store.down = True
+        batches = [_pending("before"), _pending(poison), _pending("after")]
+        assert [backlog.record(b) for b in batches] == [True, True, True]
+        store.down = False
+        assert backlog.flush() == 3
+        later = _pending("later")
+        assert backlog.record(later) is False  # the queue is empty: straight to the store
+        with store.engine.connect() as conn:
+            kept = set(conn.scalars(select(IssuedCardRow.hook_instance)))
+            letters = conn.execute(select(DeadLetterRow)).all()
+        refused_here = reason is not None or store.engine.dialect.name == "postgresql"
+        if not refused_here:  # SQLite keeps a 256-character text: nothing to set aside
+            assert kept == {"before", poison, "after", "later"}
+            assert letters == []
+            return
+        assert kept == {"before", "after", "later"}
+        assert backlog.set_aside_total == 1
+        [letter] = letters
+        assert letter.kind == "issued_card"
+        assert letter.reason.startswith(reason or "StringDataRightTruncation")
+        assert poison not in letter.reason
+        assert letter.payload.isascii()
+        assert json.loads(letter.payload) == batches[1].as_json()
+    finally:
+        store.close()
+
+
+def test_a_group_commit_with_one_refused_batch_writes_the_others(store: Store) -> None:
+    backlog = CardBacklog(store, clock=lambda: T0)
+    batches = [_pending("one"), _pending("two\x00"), _pending("three")]
+    assert backlog.record_many(batches) == [False, False, False]
+    with store.engine.connect() as conn:
+        assert set(conn.scalars(select(IssuedCardRow.hook_instance))) == {"one", "three"}
+    assert backlog.set_aside_total == 1
+    assert backlog.commits == 2  # the group failed; the two good batches were written one by one
+
+
+def test_probe_write_sees_a_held_sqlite_write_lock(tmp_path: Path) -> None:
+    path = tmp_path / "locked.sqlite3"
+    store = Store(f"sqlite:///{path}", sqlite_busy_timeout_ms=200)
+    store.migrate()
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        assert store.probe_write() is False
+        holder.execute("ROLLBACK")
+        assert store.probe_write() is True
+    finally:
+        holder.close()
+        store.close()
+
+
+@pytest.mark.postgres
+def test_probe_write_sees_a_read_only_postgres_database_that_select_1_does_not(postgres_url: str) -> None:
+    with fresh_database() as url:
+        store = Store(url)
+        store.migrate()
+        name = make_url(url).database
+        try:
+            with store.engine.connect() as conn:
+                conn.execute(text(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on'))
+                conn.commit()
+            store.engine.dispose()  # new sessions read the database's setting
+            assert store.ping() is True
+            assert store.probe_write() is False
+        finally:
+            store.close()
