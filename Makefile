@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed-$(PYVER)
 # compiled with the macro mapping it to PyObject_CallObject (same semantics), without pip's wheel cache.
 DURABLE_313_CPPFLAGS := -DPyEval_CallObject=PyObject_CallObject
 
-.PHONY: install run test lint typecheck unit bench soak fuzz clean goldens docs python
+.PHONY: install run test lint typecheck unit bench soak fuzz clean goldens book docs python
 
 install: $(STAMP)
 
@@ -93,3 +93,7 @@ fuzz: $(STAMP)
 SOAK_SECONDS ?= 600
 soak: $(STAMP)
 	SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/python -m bench.soak
+
+# The clinician-readable rule book: one static HTML page (no external assets) at var/rule-book.html.
+book: $(STAMP)
+	$(BIN)/cds rules book -o var/rule-book.html

@@ -137,6 +137,37 @@ def rules_test(rules_dir: Path) -> None:
     sys.exit(1 if failed else 0)
 
 
+@rules.command("book")
+@click.option(
+    "--rules", "rules_dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_RULES_DIR
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the page here (default: stdout).",
+)
+def rules_book(rules_dir: Path, output: Path | None) -> None:
+    """Write the rule book: one static HTML page with every topic, rule, threshold, hazard and case."""
+    from cds.book import render_book
+    from cds.hazards import load_hazards
+
+    pack = load_evaluator(rules_dir).pack
+    try:
+        page = render_book(pack, load_hazards(pack))
+    except CdsError as exc:
+        fail(str(exc))
+    if output is None:
+        click.echo(page, nl=False)
+        return
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        fail(f"{output}: {exc.strerror}")
+    click.echo(f"rule book written to {output}", err=True)
+
+
 @rules.command("compile")
 @click.option(
     "--rules", "rules_dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_RULES_DIR

@@ -1,0 +1,71 @@
+"""The rule book (`cds rules book`): one static page with every rule, threshold, hazard and case."""
+
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+from cds.book import render_book
+from cds.hazards import load_hazards
+from cds.rulepack import RulePack
+from tests.support.cli import cds
+
+
+class _Assets(HTMLParser):
+    """Every URL the page would load or link to outside itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.external: list[str] = []
+        self.tags: set[str] = set()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.add(tag)
+        for name, value in attrs:
+            if name in {"src", "href"} and value and not value.startswith("#"):
+                self.external.append(value)
+
+
+def book(pack: RulePack) -> str:
+    return render_book(pack, load_hazards(pack))
+
+
+def test_every_rule_hazard_and_case_is_on_the_page(pack: RulePack) -> None:
+    page = book(pack)
+    for rule in pack.rules_by_id.values():
+        assert f'id="rule-{rule.id}"' in page, rule.id
+        for case in rule.cases:
+            assert f"<code>{case.id}</code>" in page, f"{rule.id}::{case.id}"
+    for hazard in load_hazards(pack).hazards:
+        assert f'id="{hazard.id}"' in page
+
+
+def test_the_page_is_self_contained(pack: RulePack) -> None:
+    parser = _Assets()
+    parser.feed(book(pack))
+    assert parser.external == []
+    assert not {"script", "link", "img", "iframe"} & parser.tags
+
+
+def test_every_internal_link_has_a_target(pack: RulePack) -> None:
+    page = book(pack)
+    targets = set(re.findall(r'id="([^"]+)"', page))
+    links = set(re.findall(r'href="#([^"]+)"', page))
+    assert links - targets == set()
+
+
+def test_thresholds_sources_and_withheld_advice_are_shown(pack: RulePack) -> None:
+    page = book(pack)
+    assert "Withheld when" in page
+    assert "FDA Drug Safety Communication 2011-03-02" in page
+    assert "Kost, JAMA 1990" in page
+    assert "&lt; 0.5 mmol/L" in page  # urgent.magnesium-critical-low in plain words
+
+
+def test_cds_rules_book_writes_the_file(tmp_path: Path) -> None:
+    out = tmp_path / "book" / "rule-book.html"
+    done = cds("rules", "book", "-o", out)
+    assert done.returncode == 0, done.stderr
+    assert out.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    assert "rule book written to" in done.stderr

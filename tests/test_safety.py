@@ -1,0 +1,132 @@
+"""Issue 8 over real HTTP: the calcium order being signed for a patient whose calcium is already high.
+
+calcium-order-check is where a high calcium matters most: the clinician is about to add calcium. The
+rule cases prove each rule; these tests prove the order-sign service shows the warning, withholds the
+high-dose advice and says why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cds.evaluation import Evaluator
+from cds.rulepack import RulePack
+from tests.support.api import CALCIUM_CARBONATE, Api, dev_settings, order_sign_request, running
+
+PATIENT = "Patient/hook-patient"
+
+
+@pytest.fixture
+def api(tmp_path: Path, pack: RulePack) -> Iterator[Api]:
+    with running(dev_settings(tmp_path), evaluator=Evaluator(pack)) as api:
+        yield api
+
+
+def _observation(obs_id: str, loinc: str, value: float, unit: str, flag: str | None) -> dict[str, Any]:
+    resource: dict[str, Any] = {
+        "resourceType": "Observation",
+        "id": obs_id,
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": loinc}]},
+        "subject": {"reference": PATIENT},
+        "effectiveDateTime": "2026-05-20T09:00:00Z",
+        "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit},
+    }
+    if flag:
+        resource["interpretation"] = [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
+                        "code": flag,
+                    }
+                ]
+            }
+        ]
+    return {"fullUrl": f"https://ehr.example.org/fhir/Observation/{obs_id}", "resource": resource}
+
+
+def _with_labs(request: dict[str, Any], *entries: dict[str, Any]) -> dict[str, Any]:
+    bundle = request["prefetch"]["observations"]
+    bundle["entry"] = [*bundle.get("entry", []), *entries]
+    bundle["total"] = len(bundle["entry"])
+    return request
+
+
+def _thiazide(request: dict[str, Any]) -> dict[str, Any]:
+    bundle = request["prefetch"]["medicationRequests"]
+    bundle["entry"].append(
+        {
+            "fullUrl": "https://ehr.example.org/fhir/MedicationRequest/hctz",
+            "resource": {
+                "resourceType": "MedicationRequest",
+                "id": "hctz",
+                "status": "active",
+                "intent": "order",
+                "subject": {"reference": PATIENT},
+                "medicationCodeableConcept": {
+                    "coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "316049"}]
+                },
+            },
+        }
+    )
+    bundle["total"] = len(bundle["entry"])
+    return request
+
+
+def _cards(api: Api, request: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    response = api.client.post("/cds-services/calcium-order-check", json=request)
+    assert response.status_code == 200, response.text
+    return {card["source"]["topic"]["code"]: card for card in response.json()["cards"]}
+
+
+def test_a_calcium_order_with_high_calcium_gets_the_warning(api: Api) -> None:
+    request = _with_labs(
+        _thiazide(order_sign_request(medication=CALCIUM_CARBONATE)),
+        _observation("ca", "17861-6", 11.4, "mg/dL", "H"),
+        _observation("vitd", "62292-8", 14, "ng/mL", None),
+    )
+    cards = _cards(api, request)
+    excess = cards["calcium-excess"]
+    assert excess["indicator"] == "warning"
+    assert "11.4 mg/dL" in excess["summary"]
+    for words in ("milk-alkali", "thiazide", "PTH"):
+        assert words in excess["detail"]
+    fired = {r["rule"] for r in excess["extension"]["cramp-cds-explanation"]["rules"]}
+    assert {"calcium-excess.on-calcium-supplement", "calcium-excess.thiazide"} <= fired
+    assert {s["label"] for s in excess["suggestions"]} >= {
+        "Order intact PTH",
+        "Repeat serum calcium with albumin",
+    }
+    vitamin_d = cards["vitamin-d-deficiency"]["detail"]
+    assert "high-dose supplement may be needed" not in vitamin_d
+    assert "High-dose vitamin D is not advised" in vitamin_d
+
+
+def test_a_calcium_order_with_normal_calcium_gets_no_excess_card(api: Api) -> None:
+    request = _with_labs(
+        order_sign_request(medication=CALCIUM_CARBONATE),
+        _observation("ca", "17861-6", 9.4, "mg/dL", None),
+        _observation("vitd", "62292-8", 14, "ng/mL", None),
+    )
+    cards = _cards(api, request)
+    assert "calcium-excess" not in cards
+    assert "high-dose supplement may be needed" in cards["vitamin-d-deficiency"]["detail"]
+
+
+def test_a_calcium_order_with_critical_calcium_and_magnesium_gets_a_critical_card(api: Api) -> None:
+    request = _with_labs(
+        order_sign_request(medication=CALCIUM_CARBONATE),
+        _observation("ca", "17861-6", 7.0, "mg/dL", "LL"),
+        _observation("mg", "2601-3", 0.42, "mmol/L", "LL"),
+    )
+    cards = _cards(api, request)
+    urgent = cards["urgent"]
+    assert urgent["indicator"] == "critical"
+    assert "hypocalcaemia does not correct until magnesium is replaced" in urgent["detail"]
+    labels = [s["label"] for card in cards.values() for s in card.get("suggestions", [])]
+    assert not [label for label in labels if "electromyography" in label.lower()]
