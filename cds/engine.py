@@ -20,6 +20,13 @@ guard has a test in tests/test_engine.py:
 - at most 1,024 live sessions per ruleset -> one evaluation at a time per engine, state deleted in
   a `finally`;
 - loose type coercion (`'abc' >= 0.3` matches) -> every fact is type-checked before it is asserted;
+- its JSON reader misreads a number with an exponent but no decimal point (`3e-05`, `1e+16`, which is
+  how Python writes floats below 1e-4 or from 1e16 up): such a fact silently matched nothing, and a
+  pregnant patient lost her seek-care card -> the adapter writes the facts' JSON itself
+  (`encode_facts`: every float with a decimal point, measured in tests/test_engine.py), sends only
+  the fields the rules read, and after every session checks that the engine fired exactly the rules
+  the facts satisfy (`expected_firings`, the same patterns evaluated in Python); a difference is an
+  EngineError naming the rules and facts, never a silently different answer;
 - on Python 3.12+ every action calls `datetime.utcfromtimestamp`, deprecated there, so each call
   warns -> that one DeprecationWarning, from durable.engine only, is ignored around the engine calls
   (`_engine_warnings`); every other warning, ours in the actions included, goes through as before.
@@ -30,12 +37,15 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
+import json
+import math
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import durable_rules_engine
 from durable import engine as durable_engine
 
 from cds.errors import EngineError
@@ -131,15 +141,23 @@ class RuleEngine:
                 "run": self._guard(self._make_action(rule)),
             }
         self.definition = definition
-        self._patterns_by_type: dict[str, list[dict[str, Any]]] = {}
+        self._rules = tuple(rules)
+        # Every pattern of every rule gets a number; a rule is its patterns' numbers.
+        self._patterns_by_type: dict[str, list[tuple[int, dict[str, Any]]]] = {}
         self._fields_by_type: dict[str, tuple[str, ...]] = {}
-        self._read_memo: dict[tuple[Any, ...], bool] = {}
+        self._rule_patterns: dict[str, tuple[int, ...]] = {}
+        self._match_memo: dict[tuple[Any, ...], frozenset[int]] = {}
+        number = itertools.count()
         for rule in rules:
+            indexes: list[int] = []
             for pattern in rule.patterns:
+                index = next(number)
+                indexes.append(index)
                 kind = str(pattern["$and"][0]["type"])
-                self._patterns_by_type.setdefault(kind, []).append(pattern)
+                self._patterns_by_type.setdefault(kind, []).append((index, pattern))
                 named = set(self._fields_by_type.get(kind, ())) | _fields_of(pattern)
                 self._fields_by_type[kind] = tuple(sorted(named))
+            self._rule_patterns[rule.id] = tuple(indexes)
         self._host = _QuietHost()
         # Registration deletes each rule's `run`: give it a copy and keep ours intact.
         self._host.set_rulesets({name: _copy_definition(definition)})
@@ -164,14 +182,16 @@ class RuleEngine:
                 {"type": "sentinel", "id": "sentinel", "label": "sentinel", "sid": sid}
             ]
             unread: list[str] = []
+            read: list[Fact] = []
             for fact in facts:
                 if self._is_read(fact):
-                    batch.append({**fact, "sid": sid})
+                    read.append(fact)
+                    batch.append({**self._engine_view(fact), "sid": sid})
                 else:
                     unread.append(str(fact["id"]))
             try:
                 with _engine_warnings():
-                    self._host.assert_facts(self._name, batch)
+                    self._assert_batch(batch)
             finally:
                 try:
                     with _engine_warnings():
@@ -181,6 +201,7 @@ class RuleEngine:
                     self._run = None
             if run.errors:
                 raise EngineError(f"a rule action failed: {run.errors[0]!r}") from run.errors[0]
+            self._check_firings(read, run)
             return Outcome(
                 derived=tuple(run.derived.values()), firings=tuple(run.firings), unread=tuple(unread)
             )
@@ -193,20 +214,84 @@ class RuleEngine:
             if session_hash(sid) not in self._live:
                 return sid
 
-    def _is_read(self, fact: Fact) -> bool:
-        """Does some rule pattern match this fact on its own? (The engine raises for a fact none reads.)
+    def _matched(self, fact: Fact) -> frozenset[int]:
+        """The numbers of the patterns that match this fact on its own.
 
-        The answer depends only on the fields the patterns name, so it is remembered per combination.
+        The answer depends only on the fields the patterns name, so it is remembered per combination
+        (with each value's type: 1, 1.0 and True are equal keys in Python but not to the rules).
         """
         kind = str(fact["type"])
-        key = (kind, *(fact.get(name) for name in self._fields_by_type.get(kind, ())))
-        known = self._read_memo.get(key)
+        key = (kind, *((type(v), v) for v in (fact.get(n) for n in self._fields_by_type.get(kind, ()))))
+        known = self._match_memo.get(key)
         if known is None:
-            known = any(matches(pattern, fact) for pattern in self._patterns_by_type.get(kind, ()))
-            if len(self._read_memo) > 4096:
-                self._read_memo.clear()
-            self._read_memo[key] = known
+            known = frozenset(i for i, p in self._patterns_by_type.get(kind, ()) if matches(p, fact))
+            if len(self._match_memo) > 4096:
+                self._match_memo.clear()
+            self._match_memo[key] = known
         return known
+
+    def _is_read(self, fact: Fact) -> bool:
+        """Does some rule pattern match this fact on its own? (The engine raises for a fact none reads.)"""
+        return bool(self._matched(fact))
+
+    def _engine_view(self, fact: Fact) -> dict[str, Scalar]:
+        """What the engine needs of a fact: its id and the fields the patterns read (no free text)."""
+        wanted = self._fields_by_type.get(str(fact["type"]), ())
+        return {"id": fact["id"], **{n: fact[n] for n in ("type", *wanted) if n in fact}}
+
+    def _assert_batch(self, batch: list[dict[str, Scalar]]) -> None:
+        """durable's Host.assert_facts, with the JSON written by `encode_facts` instead of json.dumps."""
+        rules = self._host.get_ruleset(self._name)
+        text = encode_facts(batch)
+
+        def assert_text(facts: list[dict[str, Scalar]]) -> Any:
+            return rules._handle_result(durable_rules_engine.assert_facts(rules._handle, text), facts)
+
+        self._host._handle_function(rules, assert_text, batch, None)
+
+    def expected_firings(self, facts: Sequence[Fact]) -> set[str]:
+        """The rules that must fire for `facts` (read facts only), evaluated in Python: a rule fires
+        when each of its patterns matches some fact, given or derived (patterns never join)."""
+        satisfied: set[int] = set()
+        for fact in facts:
+            satisfied |= self._matched(fact)
+        fired: set[str] = set()
+        produced: set[tuple[str, str]] = set()
+        changed = True
+        while changed:
+            changed = False
+            for rule in self._rules:
+                if rule.id in fired or not satisfied.issuperset(self._rule_patterns[rule.id]):
+                    continue
+                fired.add(rule.id)
+                changed = True
+                produces = rule.produces
+                key = (str(produces["type"]), str(produces.get("name") or produces.get("rule")))
+                if key not in produced and produces["type"] != "cause":
+                    produced.add(key)
+                    satisfied |= self._matched({**produces, "id": "derived", "label": key[1]})
+        return fired
+
+    def _check_firings(self, read: Sequence[Fact], run: _Run) -> None:
+        """A fact the engine did not read as sent is an error, never a silently different answer."""
+        fired = {firing.rule for firing in run.firings}
+        expected = self.expected_firings(read)
+        if fired == expected:
+            return
+        missed, extra = sorted(expected - fired), sorted(fired - expected)
+        involved = sorted(
+            {
+                str(fact["id"])
+                for fact in read
+                for rule in missed + extra
+                if self._matched(fact) & set(self._rule_patterns[rule])
+            }
+        )
+        raise EngineError(
+            f"the rules engine did not read facts {', '.join(involved) or '(none)'} as sent: rules "
+            f"{', '.join(missed) or '(none)'} should have fired and {', '.join(extra) or '(none)'} "
+            "should not"
+        )
 
     def _make_action(self, rule: CompiledRule) -> Callable[[Any, _Run], None]:
         names = [f"m{i}" for i in range(len(rule.patterns))]
@@ -271,6 +356,42 @@ def matches(pattern: Mapping[str, Any], fact: Fact) -> bool:
         elif fact.get(key) != operand or isinstance(fact.get(key), bool) != isinstance(operand, bool):
             return False
     return True
+
+
+def encode_scalar(value: Scalar) -> str:
+    """One fact value as JSON the engine reads back exactly.
+
+    durable's reader takes `3e-05` and `1e+16` for something else (a fact then matches nothing), but
+    reads `3.0e-05` and `1.0e+16` right, so a float's mantissa always gets a decimal point:
+
+        >>> [encode_scalar(v) for v in (3e-05, 1e16, 0.25, -1e-07, 2**70, True)]
+        ['3.0e-05', '1.0e+16', '0.25', '-1.0e-07', '1180591620717411303424', 'true']
+    """
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise EngineError(f"the rules engine cannot take the number {value!r}")
+        text = repr(value)
+        mantissa, exponent, power = text.partition("e")
+        if exponent and "." not in mantissa:
+            text = f"{mantissa}.0e{power}"
+        return text
+    return json.dumps(value, ensure_ascii=False)
+
+
+def encode_facts(facts: Sequence[Mapping[str, Scalar]]) -> str:
+    """A batch of flat facts as the JSON text the engine is given (see `encode_scalar`)."""
+    return (
+        "["
+        + ",".join(
+            "{" + ",".join(f"{json.dumps(k)}:{encode_scalar(v)}" for k, v in fact.items()) + "}"
+            for fact in facts
+        )
+        + "]"
+    )
 
 
 def _fields_of(pattern: Mapping[str, Any]) -> set[str]:

@@ -67,3 +67,22 @@ def test_evaluate_records_no_cards(api: Api) -> None:
     )
     with Session(api.runtime.store.engine) as session:
         assert session.scalar(select(func.count()).select_from(IssuedCardRow)) == 0
+
+
+def test_a_lab_value_written_with_an_exponent_keeps_the_pregnant_patients_seek_care_card(api: Api) -> None:
+    """Issue 9 class 6: `3e-05` (how JSON and Python write 0.00003) once made the engine drop the
+    patient's facts: 200 with no cards. Her 25-OH vitamin D result is rewritten in the raw body as `3e-05`."""
+    body = (FIXTURES / "seek-care-pregnant.json").read_text(encoding="utf-8")
+    document = json.loads(body)
+    vitamin_d = next(
+        e["resource"] for e in document["entry"] if e["resource"]["id"].endswith("observation-3")
+    )
+    assert vitamin_d["valueQuantity"]["unit"] == "ng/mL"
+    vitamin_d["valueQuantity"]["value"] = 0.5  # placeholder replaced by the exact text below
+    raw = json.dumps(document).replace('"value": 0.5', '"value": 3e-05')
+    assert '"value": 3e-05' in raw
+    response = api.client.post("/evaluate", params={"now": "2026-06-01"}, content=raw.encode())
+    assert response.status_code == 200, response.text
+    topics = {c["source"]["topic"]["code"] for c in response.json()["cards"]}
+    assert "seek-care" in topics
+    assert "vitamin-d-deficiency" in topics  # and 3e-05 ng/mL is read as the deficiency it is

@@ -5,6 +5,7 @@ Part of the compatibility subset that .ci/run runs on every supported Python (ma
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -16,9 +17,12 @@ import warnings
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from packaging.specifiers import SpecifierSet
 
-from cds.engine import MAX_LIVE_SESSIONS, RuleEngine, _Run, session_hash
+from cds import engine as engine_module
+from cds.engine import MAX_LIVE_SESSIONS, RuleEngine, _Run, encode_facts, encode_scalar, session_hash
 from cds.errors import EngineError
 from cds.facttypes import Fact
 from cds.rulepack import CompiledRule, RulePack
@@ -366,3 +370,162 @@ def test_chaining_reaches_three_levels(pack: RulePack) -> None:
     derived = {str(f["id"]): f for f in outcome.derived}
     assert [derived[i]["name"] for i in seek.inputs] == ["cramp-context", "recurrent", "older-adult"]
     assert fired["finding.older-adult"].inputs == ("f2",)
+
+
+# --------------------------------------------------------------------------- numbers the engine misreads
+
+# Measured on the raw engine (issue 9 class 6): a number with an exponent and no decimal point is
+# misread, the same value with one is read right. Python writes floats below 1e-4 and from 1e16 up
+# this way (`repr(3e-05) == '3e-05'`), and durable hands the engine json.dumps' text.
+RAW_NUMBERS = {
+    "3e-05": False,
+    "3.0e-05": True,
+    "0.00003": True,
+    "1e-300": False,
+    "1.0e-300": True,
+    "-1e-07": False,
+    "-1.0e-07": True,
+    "5e-324": False,
+    "5.0e-324": True,
+    "2.2250738585072014e-308": True,
+    "-0.0": True,
+    "25": True,
+    "-18446744073709551621": True,
+}
+
+
+def test_raw_engine_misreads_an_exponent_without_a_decimal_point() -> None:
+    """What `encode_scalar` guards: each text is compared with `< 30` by the raw engine."""
+    result = run_raw(
+        """
+        import json, os
+        import durable_rules_engine as dre
+        texts = json.loads(os.environ["RAW_NUMBERS"])
+        fired = []
+        h = Host({"r": {
+            "lt": {"all": [{"m": {"$and": [{"t": "x"}, {"$lt": {"v": 30}}]}}], "run": lambda c: fired.append(c.m["id"])},
+            "s": {"all": [{"m": {"t": "s"}}], "run": lambda c: None},
+        }})
+        rules = h.get_ruleset("r")
+        seen = {}
+        for n, text in enumerate(texts):
+            fired.clear()
+            doc = '[{"t":"s","id":"s","sid":"s' + str(n) + '"},{"t":"x","id":"x","v":' + text + ',"sid":"s' + str(n) + '"}]'
+            h._handle_function(rules, lambda f: rules._handle_result(dre.assert_facts(rules._handle, doc), f), [], None)
+            h.delete_state("r", "s" + str(n))
+            seen[text] = "x" in fired
+        print(json.dumps(seen))
+        """,
+        env={"RAW_NUMBERS": json.dumps(list(RAW_NUMBERS))},
+    )
+    assert json.loads(result.stdout) == RAW_NUMBERS, result.stderr
+
+
+def lab(value: Any, fact_id: str = "f1") -> Fact:
+    return {"type": "lab", "id": fact_id, "label": "egfr", "analyte": "egfr", "band": "low", "value": value}
+
+
+LOW_EGFR = rule("egfr-low", {"$and": [{"type": "lab"}, {"analyte": "egfr"}, {"$lt": {"value": 30}}]})
+HIGH_EGFR = rule("egfr-high", {"$and": [{"type": "lab"}, {"analyte": "egfr"}, {"$gt": {"value": 100}}]})
+
+
+@pytest.mark.parametrize(
+    "value", [3e-05, 1e-300, 5e-324, -1e-07, -0.0, 29.999999999999996, 30.000000000000004, 1e16, 1e308, 2**70]
+)
+def test_the_adapter_gives_the_engine_every_number_as_python_reads_it(value: float) -> None:
+    engine = RuleEngine([LOW_EGFR, HIGH_EGFR])
+    fired = {f.rule for f in engine.evaluate([lab(value)]).firings}
+    assert fired == {r for r, hit in (("egfr-low", value < 30), ("egfr-high", value > 100)) if hit}
+
+
+def test_encode_scalar_writes_a_decimal_point_in_every_float_mantissa() -> None:
+    assert encode_scalar(3e-05) == "3.0e-05"
+    assert encode_scalar(1e16) == "1.0e+16"
+    assert encode_scalar(-0.0) == "-0.0"
+    assert json.loads(encode_facts([{"a": 1e-300, "b": 'q"\\\x00é', "c": False, "d": 2**80}])) == [
+        {"a": 1e-300, "b": 'q"\\\x00é', "c": False, "d": 2**80}
+    ]
+    with pytest.raises(EngineError, match="cannot take the number"):
+        encode_scalar(float("inf"))
+
+
+def test_a_fact_the_engine_misreads_is_an_error_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The safety net: were the engine to misread a fact again, evaluate raises instead of answering less."""
+    monkeypatch.setattr(engine_module, "encode_scalar", lambda v: json.dumps(v))  # durable's own writing
+    engine = RuleEngine([LOW_EGFR])
+    with pytest.raises(EngineError, match=r"did not read facts f1 as sent: rules egfr-low should have fired"):
+        engine.evaluate([lab(3e-05)])
+
+
+def test_the_engine_sees_no_free_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Labels and units never reach the engine: only the fields the rules read, and the fact id."""
+    sent: list[str] = []
+    real = engine_module.encode_facts
+    monkeypatch.setattr(engine_module, "encode_facts", lambda facts: sent.append(real(facts)) or real(facts))
+    fact = {**lab(12.0), "label": 'free "text" \x00 é', "unit": "mL/min"}
+    RuleEngine([LOW_EGFR]).evaluate([fact])
+    (batch,) = [json.loads(text) for text in sent]
+    assert batch[1] == {"id": "f1", "type": "lab", "analyte": "egfr", "value": 12.0, "sid": batch[1]["sid"]}
+
+
+finite = st.floats(allow_nan=False, allow_infinity=False)
+extreme_ints = st.integers(min_value=-(2**80), max_value=2**80)
+text = st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=40)
+
+
+@st.composite
+def fact_sets(draw: st.DrawFn, analytes: list[str], groups: list[str], items: list[str]) -> list[Fact]:
+    facts: list[Fact] = [
+        {"type": "patient", "label": draw(text), "age": draw(extreme_ints), "age_known": True}
+    ]
+    for analyte in draw(st.lists(st.sampled_from(analytes), max_size=6)):
+        band = draw(st.sampled_from(["low", "normal", "high", "none"]))
+        facts.append(
+            {"type": "lab", "label": draw(text), "analyte": analyte, "band": band, "value": draw(finite)}
+        )
+    for group in draw(st.lists(st.sampled_from(groups), max_size=4)):
+        facts.append(
+            {"type": "condition", "label": draw(text), "group": group, "onset_months": draw(extreme_ints)}
+        )
+    for item in draw(st.lists(st.sampled_from(items), max_size=4)):
+        facts.append({"type": "answer", "label": draw(text), "item": item, "number": draw(extreme_ints)})
+    for n, fact in enumerate(facts):
+        fact["id"] = f"f{n + 1}"
+    return facts
+
+
+def _pack_values(pack: RulePack, kind: str, name: str) -> list[str]:
+    found = {
+        str(term[name])
+        for r in pack.compiled
+        for p in r.patterns
+        if p["$and"][0]["type"] == kind
+        for term in p["$and"]
+        if name in term
+    }
+    return sorted(found) or ["none"]
+
+
+@pytest.fixture(scope="module")
+def pack_engine(pack: RulePack) -> RuleEngine:
+    return RuleEngine(pack.compiled)
+
+
+def test_every_extreme_value_reaches_the_engine_as_sent(pack: RulePack, pack_engine: RuleEngine) -> None:
+    """Hypothesis over every numeric field (floats down to subnormals and up to 1.8e308, integers to
+    2**80) and any text in labels: the engine fires exactly the rules Python says the facts satisfy
+    (evaluate checks that itself and raises otherwise)."""
+    strategy = fact_sets(
+        _pack_values(pack, "lab", "analyte"),
+        _pack_values(pack, "condition", "group"),
+        _pack_values(pack, "answer", "item"),
+    )
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(strategy)
+    def check(facts: list[Fact]) -> None:
+        outcome = pack_engine.evaluate(facts)
+        read = [f for f in facts if str(f["id"]) not in outcome.unread]
+        assert {f.rule for f in outcome.firings} == pack_engine.expected_firings(read)
+
+    check()
