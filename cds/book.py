@@ -244,6 +244,14 @@ def _condition(name: str, value: Any, unit: str) -> str:
         return f"is {escape(str(value))}"
     if name == "grade":
         return f"is graded {escape(str(value))}"
+    if name == "critical":
+        return (
+            "is critical (flagged LL/HH by the laboratory, or beyond the critical limit)"
+            if value
+            else "is not critical"
+        )
+    if name in {"unreadable", "earlier"}:
+        return f"{'is' if value else 'is not'} {name}"
     return f"{escape(name)} = {escape(str(value))}"
 
 

@@ -60,7 +60,8 @@ def test_thresholds_sources_and_withheld_advice_are_shown(pack: RulePack) -> Non
     assert "Withheld when" in page
     assert "FDA Drug Safety Communication 2011-03-02" in page
     assert "Kost, JAMA 1990" in page
-    assert "&lt; 0.5 mmol/L" in page  # urgent.magnesium-critical-low in plain words
+    assert "Magnesium</a> is low and is critical (flagged LL/HH" in page  # urgent.magnesium-critical-low
+    assert "25-OH vitamin D</a> &gt; 100 ng/mL" in page  # finding.vitamin-d-high
 
 
 def test_cds_rules_book_writes_the_file(tmp_path: Path) -> None:
