@@ -59,8 +59,16 @@ typecheck: $(STAMP)
 # fixtures start their servers once, and the figure-reporting tests see their whole file), and the 30
 # slowest tests listed at the end. PYTEST_ARGS=... adds options (for example PYTEST_ARGS='-n 0').
 PYTEST_ARGS ?=
-unit: $(STAMP)
+unit: $(STAMP) chromium
 	$(BIN)/pytest -q -n auto --dist loadfile --durations=30 $(PYTEST_ARGS)
+
+# Browser tests (tests/support/browser.py) use Debian's chromium: installed here when missing and we are
+# root with apt-get; otherwise those tests skip and say why.
+.PHONY: chromium
+chromium:
+	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& { apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; } \
+		|| echo "make: no /usr/bin/chromium and cannot apt-get it: the browser tests will skip"; }
 
 test: lint typecheck unit
 

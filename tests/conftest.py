@@ -16,7 +16,7 @@ import time_machine
 from cds.evaluation import Evaluator
 from cds.rulepack import RulePack, load_rule_pack
 
-pytest_plugins = ["tests.support.postgres"]
+pytest_plugins = ["tests.support.postgres", "tests.support.browser"]
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "rules"
