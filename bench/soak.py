@@ -92,6 +92,8 @@ def load_cases(today: date) -> list[Case]:
     for entry in json.loads((FIXTURES / "manifest.json").read_text(encoding="utf-8")):
         raw = (FIXTURES / entry["file"]).read_bytes()
         document = json.loads(raw)
+        if document.get("hook", "patient-view") != "patient-view":
+            continue  # order-sign calls are built from every patient-view case (order_sign below)
         moved = shift_dates(document, timedelta(days=(today - date.fromisoformat(entry["now"])).days))
         request = moved if "hook" in moved else as_hook_request(moved)
         cases.append(Case(entry["file"], request, raw, entry["now"], frozenset(entry["expect_topics"])))

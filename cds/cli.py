@@ -15,24 +15,11 @@ import click
 
 from cds.errors import CdsError
 from cds.fhirvalues import end_of_day
+from cds.hooks import SERVICES
 from cds.settings import DEFAULT_RULES_DIR
 
-SERVICES = ("cramp-assessment", "calcium-order-check")
-CAUSE_TOPICS = frozenset(
-    {
-        "urgent",
-        "calcium-excess",
-        "medication-safety",
-        "arterial-disease",
-        "calcium-absorption",
-        "magnesium-deficiency",
-        "vitamin-d-deficiency",
-        "poor-circulation",
-        "neuromuscular",
-        "seek-care",
-    }
-)
 EXIT_BAD_INPUT = 2
+DEV_BASE_URL = "http://127.0.0.1:8000"  # where `make run` serves
 
 
 def fail(message: str) -> NoReturn:
@@ -71,12 +58,28 @@ def main() -> None:
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--now", "now_text", help="Evaluation time, YYYY-MM-DD (end of that UTC day) or ISO date-time.")
-@click.option("--service", type=click.Choice(SERVICES), default="cramp-assessment", show_default=True)
+@click.option(
+    "--service",
+    type=click.Choice(SERVICES),
+    help="Answer exactly as POST /cds-services/SERVICE would (FILE must be that hook's request).",
+)
+@click.option(
+    "--base-url",
+    default=DEV_BASE_URL,
+    show_default=True,
+    help="The service's URL, for links in cards (the questionnaire's address).",
+)
 @click.option(
     "--rules", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_RULES_DIR, hidden=True
 )
-def evaluate(file: Path, now_text: str | None, service: str, rules: Path) -> None:
-    """Print the CDS Hooks response ({"cards": [...]}) for a Bundle or a patient-view request in FILE."""
+def evaluate(file: Path, now_text: str | None, service: str | None, base_url: str, rules: Path) -> None:
+    """Print the CDS Hooks response ({"cards": [...]}) for FILE.
+
+    FILE is a Bundle or a complete hook request, as POST /evaluate takes it: a hook request is answered
+    by the service for its hook. With --service the answer is the one POST /cds-services/SERVICE gives,
+    errors included. Prefetch keys must all be in the file (nothing is fetched from fhirServer).
+    """
+    from cds.hooks import Answer, evaluate_call, evaluate_document, read_call, sent_prefetch
     from cds.intake import load_json
 
     now = parse_now(now_text)
@@ -85,9 +88,18 @@ def evaluate(file: Path, now_text: str | None, service: str, rules: Path) -> Non
     except OSError as exc:
         fail(f"{file}: cannot read ({exc.strerror})")
     evaluator = load_evaluator(rules)
-    topics = CAUSE_TOPICS if service == "calcium-order-check" else None
     try:
-        result = evaluator.evaluate_document(load_json(raw), now=now, topics=topics)
+        if service is None:
+            result = evaluate_document(load_json(raw), evaluator=evaluator, now=now, base_url=base_url)
+        else:
+            call = read_call(load_json(raw), service_id=service, pack=evaluator.pack)
+            if call.silent:
+                click.echo(json.dumps({"cards": []}, indent=2))
+                return
+            evaluation = evaluate_call(
+                call, sent_prefetch(call), evaluator=evaluator, now=now, base_url=base_url
+            )
+            result = Answer(cards=evaluation.cards, notes=evaluation.notes)
     except CdsError as exc:
         fail(f"{file}: {exc}")
     for note in result.notes:
@@ -226,19 +238,34 @@ def settings_command() -> None:
 @click.option(
     "--dev", is_flag=True, help="No authentication, 127.0.0.1 only, SQLite by default: never for real data."
 )
-def serve(host: str | None, port: int | None, workers: int | None, dev: bool) -> None:
+@click.option(
+    "--now",
+    "now_text",
+    help="With --dev: evaluate as of this day (YYYY-MM-DD) or 'real' for the machine clock "
+    "(default: the fixtures' day, 2026-06-01, so the demo never expires).",
+)
+def serve(host: str | None, port: int | None, workers: int | None, dev: bool, now_text: str | None) -> None:
     """Run the CDS Hooks service under uvicorn."""
     from pydantic import ValidationError
 
     from cds.server import LOOPBACK, base_url, bind_problem, run, settings_from
-    from cds.settings import REPO_ROOT
+    from cds.settings import FIXTURES_DAY, REPO_ROOT
 
     if dev and host not in (None, LOOPBACK):
         fail(f"--dev serves without authentication and binds {LOOPBACK} only, not {host}")
+    if now_text is not None and not dev:
+        fail("--now is for --dev only: a real service evaluates on the machine clock")
     given = {"host": host, "port": port, "workers": workers}
     # Only the flag switches authentication off, whatever CDS_DEV says.
     overrides = {name: str(value) for name, value in given.items() if value is not None}
     overrides["dev"] = "true" if dev else "false"
+    if dev:
+        # The fixtures' results fall out of the rules' 12-month windows as the calendar moves on, and
+        # the printed curl call sends them verbatim: so --dev fixes the evaluation day instead.
+        demo_day = FIXTURES_DAY.isoformat() if now_text is None else now_text
+        overrides["demo_now"] = "" if demo_day == "real" else demo_day
+    else:
+        overrides["demo_now"] = ""
     try:
         settings = settings_from(overrides)
     except ValidationError as exc:
@@ -267,6 +294,11 @@ def serve(host: str | None, port: int | None, workers: int | None, dev: bool) ->
         click.echo(
             "try:  curl -s -X POST -H 'Content-Type: application/json' "
             f"--data @{example} {url}/cds-services/cramp-assessment"
+        )
+    if settings.demo_now is not None:
+        click.echo(
+            f"demo clock: every call is evaluated as of {settings.demo_now.date()} (the fixtures' day; "
+            "each answer carries a CDS-Demo-Now header); --now real for the machine clock"
         )
     try:
         run(settings)

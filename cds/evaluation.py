@@ -10,7 +10,6 @@ from typing import Any
 
 from cds.cards import render_cards
 from cds.engine import Outcome, RuleEngine
-from cds.errors import PrefetchMissingError
 from cds.facts import FactSet, build_facts
 from cds.intake import (
     PREFETCH_KEYS,
@@ -18,9 +17,9 @@ from cds.intake import (
     is_hook_request,
     prefetch_entries,
     read_hook_request,
-    usable_prefetch,
     validate_entries,
 )
+from cds.prefetch import require_sent
 from cds.record import (
     PatientRecord,
     build_record,
@@ -70,16 +69,7 @@ class Evaluator:
         """A Bundle, or a CDS Hooks request whose prefetch holds every key (absent keys are an error)."""
         if is_hook_request(document):
             request = read_hook_request(document)
-            missing = [
-                k
-                for k in PREFETCH_KEYS
-                if k not in request.prefetch or not usable_prefetch(request.prefetch[k])
-            ]
-            if missing:
-                raise PrefetchMissingError(
-                    "this prefetch key was not sent; send the data or null for none",
-                    field=f"prefetch.{missing[0]}",
-                )
+            require_sent(request, PREFETCH_KEYS, can_fetch=False)
             return self.evaluate_prefetch(
                 request.prefetch, patient_id=str(request.context["patientId"]), now=now, topics=topics
             )

@@ -39,6 +39,9 @@ class FhirFetchError(Exception):
     page_loop, too_many_pages, too_large, next_origin, bad_query, unreachable, transport.
     """
 
+    # Set by cds.prefetch.resolve_prefetch: how the key came to need fetching.
+    why_missing = "was not sent"
+
     def __init__(self, key: str, reason: str, detail: str = "") -> None:
         self.key = key
         self.reason = reason

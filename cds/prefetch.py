@@ -19,7 +19,7 @@ from typing import Any, Final
 import httpx
 
 from cds.errors import PrefetchMissingError, ShapeError
-from cds.fhirclient import fetch_prefetch, fill_template
+from cds.fhirclient import FhirFetchError, fetch_prefetch, fill_template
 from cds.intake import PREFETCH_KEYS, HookRequest, usable_prefetch
 from cds.rulepack import RulePack
 
@@ -79,6 +79,31 @@ def missing_keys(prefetch: Mapping[str, Any], keys: tuple[str, ...] = PREFETCH_K
     return [k for k in keys if k not in prefetch or not usable_prefetch(prefetch[k])]
 
 
+def why_missing(prefetch: Mapping[str, Any], key: str) -> str:
+    """Why a key counts as missing, in the words of a 412 body."""
+    if key not in prefetch:
+        return "was not sent"
+    return "was sent as an OperationOutcome (the client's own query for it failed)"
+
+
+def require_sent(request: HookRequest, keys: tuple[str, ...], *, can_fetch: bool) -> list[str]:
+    """The keys to fetch; without a FHIR server to ask, a missing key is a 412 that names each one and why.
+
+    A CDS client (the public sandbox does this) may drop a key or send an OperationOutcome when its own
+    query fails, and then show "no recommendations" for the 412: the body says which key and why, e.g.
+    `prefetch.observations was sent as an OperationOutcome (...); prefetch.conditions was not sent; ...`.
+    """
+    missing = missing_keys(request.prefetch, keys)
+    if missing and not can_fetch:
+        reasons = "; ".join(f"prefetch.{key} {why_missing(request.prefetch, key)}" for key in missing)
+        raise PrefetchMissingError(
+            f"{reasons}; the request has no fhirServer to fetch {'it' if len(missing) == 1 else 'them'} "
+            "from (send the data, or null for none)",
+            field=f"prefetch.{missing[0]}",
+        )
+    return missing
+
+
 def template_context(context: Mapping[str, Any]) -> dict[str, str]:
     """Only root-level primitive context fields may fill prefetch tokens (CDS Hooks 2.0, prefetch tokens)."""
     return {k: v for k, v in context.items() if isinstance(v, str)}
@@ -97,15 +122,10 @@ async def resolve_prefetch(
     lets cds.fhirclient.FhirFetchError (also 412, naming the key) through when the server fails.
     """
     data = {k: request.prefetch[k] for k in templates if k in request.prefetch}
-    missing = missing_keys(request.prefetch, tuple(templates))
+    missing = require_sent(request, tuple(templates), can_fetch=request.fhir_server is not None)
     if not missing:
         return ResolvedPrefetch(data=data, fetched=())
-    if request.fhir_server is None:
-        raise PrefetchMissingError(
-            "this prefetch key was not sent (or held an OperationOutcome) and the request has no "
-            "fhirServer to fetch it from",
-            field=f"prefetch.{missing[0]}",
-        )
+    assert request.fhir_server is not None  # require_sent raised otherwise
     context = template_context(request.context)
     queries: dict[str, str] = {}
     for key in missing:
@@ -128,5 +148,8 @@ async def resolve_prefetch(
     except ValueError as exc:
         # The token was checked above, so what fetch_prefetch refuses here is the server URL.
         raise ShapeError(str(exc), field="fhirServer") from None
+    except FhirFetchError as exc:
+        exc.why_missing = why_missing(request.prefetch, exc.key)
+        raise
     data.update(fetched)
     return ResolvedPrefetch(data=data, fetched=tuple(fetched))

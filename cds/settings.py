@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime
 from ipaddress import ip_network
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
@@ -12,6 +14,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RULES_DIR = REPO_ROOT / "rules"
 DEV_HASH_KEY = "dev-only-patient-hash-key-change-me"
+# The day the example patients in fixtures/ are written for (fixtures/manifest.json): `cds serve --dev`
+# evaluates as of this day, so the demo shows the documented cards on any future date.
+FIXTURES_DAY = date(2026, 6, 1)
 
 
 class Settings(BaseSettings):
@@ -52,6 +57,23 @@ class Settings(BaseSettings):
     """Clock skew in seconds (0 to 600) allowed on a JWT's `exp`, `nbf` and `iat`."""
     log_level: str = "INFO"
     """Log level: DEBUG, INFO, WARNING or ERROR."""
+    demo_now: datetime | None = None
+    """--dev only: evaluate every call as of this day (`YYYY-MM-DD`, end of that UTC day) instead of the machine clock; `cds serve --dev` sets the fixtures' day, 2026-06-01, and every answer carries a `CDS-Demo-Now` header."""
+
+    @field_validator("demo_now", mode="before")
+    @classmethod
+    def _demo_day(cls, value: Any) -> Any:
+        if value == "":
+            return None  # `cds serve` exports an empty CDS_DEMO_NOW for "the machine clock"
+        if isinstance(value, str) and len(value) == 10:
+            day = date.fromisoformat(value)
+            return datetime(day.year, day.month, day.day, 23, 59, 59, 999999, tzinfo=UTC)
+        return value
+
+    @field_validator("demo_now")
+    @classmethod
+    def _demo_zone(cls, value: datetime | None) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
     @field_validator("log_level")
     @classmethod
@@ -96,6 +118,8 @@ class Settings(BaseSettings):
                     "CDS_PUBLIC_BASE_URL must be set outside --dev (e.g. https://cds.example.org): JWT "
                     "audiences are checked against it, never against the request's Host header"
                 )
+            if self.demo_now is not None:
+                raise ValueError("CDS_DEMO_NOW (a fixed evaluation clock) is for --dev only")
         return self
 
 

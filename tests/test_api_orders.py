@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from cds.api.orders import CALCIUM_SET, calcium_drafts
 from cds.errors import ShapeError
 from cds.evaluation import Evaluator
+from cds.orders import CALCIUM_SET, calcium_drafts
 from cds.rulepack import RulePack
 from tests.conftest import FROZEN_NOW
 from tests.support.api import ATORVASTATIN, CALCIUM_BY_TEXT, CALCIUM_CARBONATE, order_sign_request

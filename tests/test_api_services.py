@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cds.cli import CAUSE_TOPICS
 from cds.evaluation import Evaluator
+from cds.hooks import CAUSE_TOPICS
 from cds.rulepack import RulePack
 from cds.settings import DEV_HASH_KEY
 from cds.store import IssuedCardRow, patient_hash

@@ -54,7 +54,12 @@ def test_evaluate_accepts_a_full_iso_now() -> None:
 
 def test_calcium_order_check_service_shows_causes_only() -> None:
     done = cds(
-        "evaluate", "--now", "2026-06-01", "--service", "calcium-order-check", FIXTURES / "hook-request.json"
+        "evaluate",
+        "--now",
+        "2026-06-01",
+        "--service",
+        "calcium-order-check",
+        FIXTURES / "order-sign-request.json",
     )
     assert done.returncode == 0, done.stderr
     topics = topics_of(done.stdout)
@@ -62,12 +67,14 @@ def test_calcium_order_check_service_shows_causes_only() -> None:
     assert set(topics) <= CAUSE_TOPICS
 
 
-def test_calcium_order_check_without_causes_is_empty() -> None:
+def test_service_takes_only_its_own_hook_request() -> None:
+    """A Bundle is not a hook request: `--service` answers as POST /cds-services/ID does (400 -> exit 2)."""
     done = cds(
         "evaluate", "--now", "2026-06-01", "--service", "calcium-order-check", FIXTURES / "workup.json"
     )
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"cards": []}
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert "hook: must be a non-empty string" in done.stderr
 
 
 def test_unknown_service_refused() -> None:

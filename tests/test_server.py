@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -28,6 +29,7 @@ SERVE_KEYS = (
     "CDS_TRUSTED_ISSUERS",
     "CDS_PUBLIC_BASE_URL",
     "CDS_TRUSTED_PROXIES",
+    "CDS_DEMO_NOW",
 )
 
 
@@ -82,6 +84,65 @@ def test_serve_dev_prints_a_curl_call_that_returns_cards(tmp_path: Path, workers
         _, err = process.communicate(timeout=30)
     assert "JWT authentication is OFF" in err
     assert "hook-patient" not in err  # the JSON log names no patient
+
+
+# `cds serve --dev` in a process whose clock is a year and a half past the fixtures' day (time-machine
+# moves datetime.now and time.time for the whole process, uvicorn included).
+FUTURE_SERVE = """
+import sys, time_machine
+time_machine.travel("2027-12-01T09:00:00+00:00", tick=True).start()
+from cds.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_make_runs_printed_call_returns_the_documented_cards_a_year_ahead(tmp_path: Path) -> None:
+    """The demo never expires: --dev evaluates as of the fixtures' day whatever the machine clock says."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CDS_")}
+    env |= {"CDS_DATABASE_URL": f"sqlite:///{tmp_path / 'cds.sqlite3'}", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-c", FUTURE_SERVE, "serve", "--dev", "--port", str(port)]
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}", process)
+        assert process.stdout is not None
+        process.stdout.readline()  # the banner
+        curl_line = process.stdout.readline()
+        assert process.stdout.readline().startswith("demo clock: every call is evaluated as of 2026-06-01")
+        health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
+        result = subprocess.run(
+            [*shlex.split(curl_line.removeprefix("try:")), "-D", "-"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+    finally:
+        process.terminate()
+        _, err = process.communicate(timeout=30)
+    head, _, body = result.stdout.partition("\n\n")  # text mode: CRLF read as LF
+    topics = sorted(card["source"]["topic"]["code"] for card in json.loads(body)["cards"])
+    documented = {
+        item["file"]: item for item in json.loads((ROOT / "fixtures" / "manifest.json").read_text())
+    }
+    assert topics == documented["hook-request.json"]["expect_topics"]
+    assert "cds-demo-now: 2026-06-01T23:59:59.999999+00:00" in head
+    assert "date: Wed, 01 Dec 2027" in head  # the server's own clock is in December 2027
+    assert health.headers["cds-demo-now"] == "2026-06-01T23:59:59.999999+00:00"
+    assert '"demoNow":"2026-06-01T23:59:59.999999+00:00"' in err
+    # The process really lived in December 2027: its own log lines are stamped so.
+    assert '"time":"2027-12-01T' in err
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_serve_now_is_for_dev_only() -> None:
+    result = CliRunner().invoke(main, ["serve", "--now", "2026-06-01"])
+    assert result.exit_code == 2
+    assert "--now is for --dev only" in result.output
 
 
 @pytest.fixture

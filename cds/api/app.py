@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cds.api import discovery, evaluate, feedback, health, problems, services
+from cds.api import discovery, evaluate, feedback, health, problems, questionnaire, services
 from cds.api.catalog import build_catalog
 from cds.api.deps import Runtime, WriteGate
 from cds.api.middleware import BodyLimit, CatchAll, RequestLog
@@ -66,14 +66,16 @@ DOCS_PATHS = frozenset({"/docs", "/redoc", "/docs/oauth2-redirect"})
 class SecurityHeaders:
     """Add SECURITY_HEADERS to every HTTP response, errors and 413s included (outermost middleware)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, extra: dict[bytes, bytes] | None = None) -> None:
         self.app = app
+        # --dev with a demo clock adds `CDS-Demo-Now` here, so every answer says which day it is for.
+        self.headers = SECURITY_HEADERS | (extra or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        extra = dict(SECURITY_HEADERS)
+        extra = dict(self.headers)
         if scope.get("path") in DOCS_PATHS:
             extra[b"content-security-policy"] = DOCS_CSP
 
@@ -146,6 +148,10 @@ def create_app(
     `clock` gives the evaluation time, the time cards are issued and the JWT verifier's now.
     """
     evaluator = evaluator or Evaluator(load_rule_pack(settings.rules_dir))
+    demo_now = settings.demo_now if settings.dev else None
+    if demo_now is not None:
+        # The dev demo's clock: the fixtures keep giving their documented cards whatever the date.
+        clock = lambda: demo_now  # noqa: E731
     owns_store = store is None
     store = store or Store(settings.database_url)
     gate = WriteGate.for_store(store)
@@ -181,6 +187,7 @@ def create_app(
             services=sorted(runtime.services),
             auth="off (--dev)" if runtime.verifier is None else "jwt",
             store=runtime.store.engine.dialect.name,
+            demoNow=demo_now.isoformat() if demo_now is not None else None,
         )
         flusher = asyncio.create_task(_flush_periodically(runtime), name="cds-store-flusher")
         try:
@@ -207,7 +214,8 @@ def create_app(
     )
     app.state.runtime = runtime
     problems.install(app)
-    for router in (discovery.router, services.router, feedback.router, evaluate.router, health.router):
+    routers = (discovery, services, feedback, evaluate, questionnaire, health)
+    for router in (module.router for module in routers):
         app.include_router(router)
     # add_middleware wraps what is already there: the last one added sees the request first.
     app.add_middleware(CatchAll)
@@ -222,7 +230,8 @@ def create_app(
             allow_headers=["Authorization", "Content-Type"],
             max_age=600,
         )
-    app.add_middleware(SecurityHeaders)  # outermost: CORS preflights and 413/500 answers get them too
+    extra_headers = {b"cds-demo-now": demo_now.isoformat().encode()} if demo_now is not None else {}
+    app.add_middleware(SecurityHeaders, extra=extra_headers)  # outermost: preflights and 413/500 get them too
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

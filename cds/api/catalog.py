@@ -6,11 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cds.cli import CAUSE_TOPICS, SERVICES
+from cds.hooks import ASSESSMENT, HOOKS, ORDER_CHECK, QUESTIONNAIRE_PATH, TOPICS
 from cds.prefetch import prefetch_templates
 from cds.rulepack import RulePack
-
-ASSESSMENT, ORDER_CHECK = SERVICES
 
 
 @dataclass(frozen=True)
@@ -42,12 +40,13 @@ def build_catalog(pack: RulePack) -> dict[str, ServiceSpec]:
     usage = (
         f"Reads the patient's answers to the Questionnaire {pack.questionnaire_url} "
         f"(version {pack.questionnaire.get('version', 'any')}), sent as prefetch or kept on the FHIR "
-        f"server; most cards rest on them. Rule pack {pack.manifest.id} {pack.version}."
+        f"server; most cards rest on them. This service serves it at GET {QUESTIONNAIRE_PATH} "
+        f"(application/fhir+json). Rule pack {pack.manifest.id} {pack.version}."
     )
     services = [
         ServiceSpec(
             id=ASSESSMENT,
-            hook="patient-view",
+            hook=HOOKS[ASSESSMENT],
             title="Muscle cramps while taking calcium: likely causes",
             description=(
                 "When a patient who reports muscle cramps is opened, explains the likely causes that calcium "
@@ -59,7 +58,7 @@ def build_catalog(pack: RulePack) -> dict[str, ServiceSpec]:
         ),
         ServiceSpec(
             id=ORDER_CHECK,
-            hook="order-sign",
+            hook=HOOKS[ORDER_CHECK],
             title="Calcium supplement order for cramps: check the causes first",
             description=(
                 "When a calcium supplement is about to be signed for a patient with cramps, shows the causes "
@@ -67,7 +66,7 @@ def build_catalog(pack: RulePack) -> dict[str, ServiceSpec]:
             ),
             usage_requirements=usage,
             prefetch=templates,
-            topics=CAUSE_TOPICS,
+            topics=TOPICS[ORDER_CHECK],
         ),
     ]
     return {service.id: service for service in services}

@@ -149,6 +149,13 @@ def endpoint_url(request: Request, settings: Settings) -> str:
     return str(request.url.replace(query="", fragment=""))
 
 
+def public_base(request: Request, settings: Settings) -> str:
+    """The base URL for links in cards: CDS_PUBLIC_BASE_URL (required outside --dev), in --dev the request's."""
+    if settings.public_base_url:
+        return settings.public_base_url.rstrip("/")
+    return str(request.base_url).rstrip("/")
+
+
 async def authenticate(request: Request, runtime: RuntimeDep) -> Claims | None:
     """Verify `Authorization: Bearer <JWT>` (https://cds-hooks.hl7.org/2.0/#trusting-cds-clients).
 

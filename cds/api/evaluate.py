@@ -8,12 +8,13 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from cds.api.deps import BodyDep, ClientDep, RuntimeDep
+from cds.api.deps import BodyDep, ClientDep, RuntimeDep, public_base
 from cds.api.models import CardsResponse, FhirBundle, request_body
 from cds.api.problems import documented
 from cds.api.responses import JsonResponse
 from cds.errors import InputError
 from cds.fhirvalues import end_of_day
+from cds.hooks import evaluate_document
 from cds.intake import load_json
 
 router = APIRouter(tags=["Evaluation"])
@@ -50,9 +51,16 @@ async def evaluate(
     ] = None,
 ) -> JsonResponse:
     """All topics of the rule pack for the one patient in the Bundle. Nothing is recorded: there is no feedback
-    for cards issued here. A CDS Hooks request with every prefetch key filled is accepted as well."""
+    for cards issued here. A CDS Hooks request with every prefetch key filled is accepted as well, and
+    answered as the service for its hook would answer it (order-sign: calcium-order-check)."""
     moment = parse_moment(now) if now is not None else runtime.clock()
     document = load_json(body)
-    evaluation = await run_in_threadpool(runtime.evaluator.evaluate_document, document, now=moment)
-    request.state.card_count = len(evaluation.cards)
-    return JsonResponse(evaluation.response())
+    answer = await run_in_threadpool(
+        evaluate_document,
+        document,
+        evaluator=runtime.evaluator,
+        now=moment,
+        base_url=public_base(request, runtime.settings),
+    )
+    request.state.card_count = len(answer.cards)
+    return JsonResponse(answer.response())

@@ -97,7 +97,7 @@ def _cds_error(exc: CdsError) -> Problem:
 def _fetch_error(exc: FhirFetchError) -> Problem:
     return Problem(
         412,
-        f"prefetch key {exc.key!r} was not sent and could not be fetched from fhirServer ({exc.reason}"
+        f"prefetch.{exc.key} {exc.why_missing} and could not be fetched from fhirServer ({exc.reason}"
         + (f": {exc.detail})" if exc.detail else ")"),
         expression=f"prefetch.{exc.key}",
         code="timeout" if exc.reason == "timeout" else "incomplete",
@@ -182,7 +182,10 @@ DESCRIPTIONS: Final[Mapping[int, str]] = {
     400: "Not JSON, or a request that fails validation; issue.expression names the field.",
     401: "Missing or invalid JWT (no further detail is given).",
     404: "Unknown CDS service id.",
-    412: "A prefetch key was not sent and could not be fetched from fhirServer; issue.expression names it.",
+    412: (
+        "A prefetch key was not sent, or sent as an OperationOutcome, and could not be fetched from "
+        "fhirServer; diagnostics names each such key and why, issue.expression the first one."
+    ),
     413: "The body is larger than the configured limit.",
     415: "The body is not sent as JSON (Content-Type application/json or application/fhir+json).",
     503: "The feedback and audit store is unavailable; see Retry-After.",

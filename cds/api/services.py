@@ -10,22 +10,20 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from cds.api.catalog import ServiceSpec
-from cds.api.deps import BodyDep, ClientDep, Runtime, RuntimeDep, ServiceDep
+from cds.api.deps import BodyDep, ClientDep, Runtime, RuntimeDep, ServiceDep, public_base
 from cds.api.models import CardsResponse, HookRequestBody, request_body
-from cds.api.orders import CALCIUM_SET, Entry, calcium_drafts
 from cds.api.problems import documented
 from cds.api.responses import JsonResponse
-from cds.errors import ShapeError
 from cds.evaluation import Evaluation
 from cds.fhirclient import FhirFetchError
-from cds.intake import HookRequest, load_json, read_hook_request
+from cds.hooks import HookCall, evaluate_call, read_call
+from cds.intake import HookRequest, load_json
 from cds.logs import log_event
 from cds.prefetch import resolve_prefetch
-from cds.store import IssuedCard, PendingCards, patient_hash, text_problem
+from cds.store import IssuedCard, PendingCards, patient_hash
 
 logger = logging.getLogger("cds.api")
 router = APIRouter(tags=["CDS Hooks"])
-MAX_ID_LENGTH = 255  # the store's column; a hookInstance is a UUID
 
 
 @router.post(
@@ -44,34 +42,19 @@ async def call_service(
     `{"cards": []}` unless `context.draftOrders` holds a calcium supplement MedicationRequest; then it
     evaluates with that order counted as active and returns the cause cards only.
     """
-    hook = read_hook_request(load_json(body))
-    # Kept with every card row: refused here (naming the field) when a database could not keep it.
-    problem = text_problem(hook.hook_instance, MAX_ID_LENGTH)
-    if problem is not None:
-        raise ShapeError(f"{problem} (a UUID)", field="hookInstance")
+    call = read_call(load_json(body), service_id=service.id, pack=runtime.evaluator.pack)
+    hook = call.request
     request.state.hook_instance = hook.hook_instance
-    if hook.hook != service.hook:
-        raise ShapeError(
-            f"service {service.id} answers the {service.hook} hook, not {hook.hook}", field="hook"
-        )
-    extra: list[Entry] = []
-    if service.hook == "order-sign":
-        if "draftOrders" not in hook.context:
-            raise ShapeError("order-sign needs the orders being signed", field="context.draftOrders")
-        calcium = runtime.evaluator.pack.valuesets.medications[CALCIUM_SET]
-        extra = calcium_drafts(
-            hook.context["draftOrders"], calcium, patient_id=str(hook.context["patientId"])
-        )
-        if not extra:
-            request.state.card_count = 0
-            return JsonResponse({"cards": []})
+    if call.silent:
+        request.state.card_count = 0
+        return JsonResponse({"cards": []})
     prefetch = await _prefetch(runtime, service, hook)
     # Evaluation is CPU-bound and takes a few milliseconds: it runs on the event loop, where a thread
     # hop only adds GIL contention (measured with hey, 50-resource prefetch, one worker, concurrency 8:
     # 152 req/s through the thread pool, 217 inline). The card rows go to the writer thread
     # (cds.cardwriter), which commits the cards of concurrent calls together, off the loop.
     now = runtime.clock()
-    evaluation, issued = _evaluate(runtime, service, hook, prefetch, extra, now)
+    evaluation, issued = _evaluate(runtime, call, prefetch, now, public_base(request, runtime.settings))
     await _record(runtime, service, hook, issued, now)
     cards = evaluation.cards
     request.state.card_count = len(cards)
@@ -92,17 +75,9 @@ async def _prefetch(runtime: Runtime, service: ServiceSpec, hook: HookRequest) -
 
 
 def _evaluate(
-    runtime: Runtime,
-    service: ServiceSpec,
-    hook: HookRequest,
-    prefetch: Mapping[str, Any],
-    extra: list[Entry],
-    now: datetime,
+    runtime: Runtime, call: HookCall, prefetch: Mapping[str, Any], now: datetime, base_url: str
 ) -> tuple[Evaluation, list[IssuedCard]]:
-    patient_id = str(hook.context["patientId"])
-    evaluation = runtime.evaluator.evaluate_prefetch(
-        prefetch, patient_id=patient_id, now=now, topics=service.topics, extra=extra
-    )
+    evaluation = evaluate_call(call, prefetch, evaluator=runtime.evaluator, now=now, base_url=base_url)
     return evaluation, [_issued(card) for card in evaluation.cards]
 
 
