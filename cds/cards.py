@@ -6,7 +6,7 @@ module only fills in the evidence. https://cds-hooks.hl7.org/2.0/#card-attribute
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,26 @@ class Trace:
 
     labels: tuple[str, ...]
     refs: tuple[str, ...]
+    priorities: tuple[int, ...] = ()
+
+    def by_priority(self) -> tuple[str, ...]:
+        """The labels, most important first (stable within a priority), for a summary that may be trimmed."""
+        ranked = sorted(zip(self.priorities, range(len(self.labels)), self.labels, strict=True))
+        return tuple(label for _, _, label in ranked)
+
+
+def evidence_priority(fact: Mapping[str, Any]) -> int:
+    """What a trimmed summary must keep: 0 critical values and pregnancy, 1 unreadable results, 2 the rest."""
+    if fact.get("critical") is True:
+        return 0
+    pregnant = (
+        (fact.get("analyte") == "pregnancy-status" and fact.get("band") == "positive")
+        or (fact.get("type") == "condition" and fact.get("group") == "pregnancy")
+        or (fact.get("item") == "pregnant" and fact.get("says") is True)
+    )
+    if pregnant:
+        return 0
+    return 1 if fact.get("unreadable") is True else 2
 
 
 class Explainer:
@@ -39,6 +59,7 @@ class Explainer:
 
     def trace(self, fact_ids: Iterable[str]) -> Trace:
         labels: list[str] = []
+        priorities: list[int] = []
         refs: list[str] = []
         seen: set[str] = set()
         stack = list(fact_ids)[::-1]
@@ -49,11 +70,12 @@ class Explainer:
             seen.add(fact_id)
             if fact_id in self._facts:
                 labels.append(str(self._facts[fact_id]["label"]))
+                priorities.append(evidence_priority(self._facts[fact_id]))
                 refs.extend(r for r in self._evidence.get(fact_id, ()) if r not in refs)
             else:
                 for inputs in self._producers.get(fact_id, []):
                     stack.extend(reversed(inputs))
-        return Trace(labels=tuple(labels), refs=tuple(refs))
+        return Trace(labels=tuple(labels), refs=tuple(refs), priorities=tuple(priorities))
 
 
 def render_cards(
@@ -126,7 +148,7 @@ def _render_card(
     own_inputs = [inputs[skip:] for inputs in by_rule[lead.id]]
     lead_trace = explainer.trace(i for inputs in own_inputs for i in inputs)
     summary = _summary(
-        lead.summary or spec.display, lead_trace.labels, [pack.orders[o].label for o in orders]
+        lead.summary or spec.display, lead_trace.by_priority(), [pack.orders[o].label for o in orders]
     )
 
     explanation = []
@@ -202,8 +224,26 @@ def _summary(template: str, labels: tuple[str, ...], orders: list[str]) -> str:
         text = template.replace("{evidence}", evidence).replace("{orders}", listed)
         if len(text) <= SUMMARY_LIMIT:
             return text
+    # Even the first (most important) label is too long: cut it at a word, never drop it for a bare "…".
+    listed = order_names[0] + (", …" if len(order_names) > 1 else "") if order_names else ""
+    if labels:
+        room = SUMMARY_LIMIT - len(template.replace("{evidence}", "").replace("{orders}", listed))
+        evidence = _cut(labels[0] + ("; …" if len(labels) > 1 else ""), room)
+        text = template.replace("{evidence}", evidence).replace("{orders}", listed)
+        if len(text) <= SUMMARY_LIMIT and evidence != "…":
+            return text
     text = template.replace("{evidence}", "…").replace("{orders}", "…")
     return text if len(text) <= SUMMARY_LIMIT else text[: SUMMARY_LIMIT - 1] + "…"
+
+
+def _cut(text: str, room: int) -> str:
+    """`text` in at most `room` characters, cut at a word boundary with a closing "…"."""
+    if len(text) <= room:
+        return text
+    head = text[: max(room - 1, 0)]
+    if " " in head:
+        head = head[: head.rindex(" ")]
+    return head.rstrip(" ;,(") + "…"
 
 
 def _suggestion(pack: RulePack, order_id: str, patient_key: str, new_id: Callable[[], str]) -> dict[str, Any]:

@@ -55,7 +55,7 @@ def build_facts(record: PatientRecord, pack: RulePack) -> FactSet:
         label = result.display
         refs: tuple[str, ...] = (result.ref,)
         if result.newer_unreadable is not None:
-            label = f"{result.newer_unreadable.display}; {label}"
+            label = f"{label}; newer {result.newer_unreadable.unread_note}"
             refs = (result.newer_unreadable.ref, result.ref)
         fact: Fact = {
             "type": "lab",
@@ -101,7 +101,7 @@ def build_facts(record: PatientRecord, pack: RulePack) -> FactSet:
                     "type": "answer",
                     "item": answer.link_id,
                     "number": answer.value,
-                    "label": f"{question}: {answer.value}",
+                    "label": f"{question}: {answer.value} {pack.question_units.get(answer.link_id, '')}".rstrip(),
                 },
                 (answer.ref,),
             )

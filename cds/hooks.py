@@ -42,6 +42,7 @@ CAUSE_TOPICS: Final = frozenset(
         "poor-circulation",
         "neuromuscular",
         "seek-care",
+        "unreadable-results",
     }
 )
 # Which topics a service may answer with (None: every topic of the pack).

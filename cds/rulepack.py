@@ -26,6 +26,7 @@ M = TypeVar("M", bound=BaseModel)
 Source = Literal["V", "C", "U"]
 Indicator = Literal["info", "warning", "critical"]
 INDICATOR_RANK: dict[str, int] = {"info": 0, "warning": 1, "critical": 2}
+QUESTIONNAIRE_UNIT = "http://hl7.org/fhir/StructureDefinition/questionnaire-unit"
 OPERATORS = {"lt": "$lt", "lte": "$lte", "gt": "$gt", "gte": "$gte", "ne": "$neq"}
 
 
@@ -336,6 +337,22 @@ class RulePack:
             for item in items:
                 if item.get("type") in {"integer", "boolean"}:
                     found[str(item["linkId"])] = str(item["type"])
+                walk(item.get("item", ()))
+
+        walk(self.questionnaire.get("item", ()))
+        return found
+
+    @cached_property
+    def question_units(self) -> dict[str, str]:
+        """linkId -> how a number answer is read ("a week"), from the questionnaire-unit extension."""
+        found: dict[str, str] = {}
+
+        def walk(items: Sequence[Mapping[str, Any]]) -> None:
+            for item in items:
+                for extension in item.get("extension", ()):
+                    if extension.get("url") == QUESTIONNAIRE_UNIT:
+                        coding = extension.get("valueCoding", {})
+                        found[str(item["linkId"])] = str(coding.get("display") or coding.get("code"))
                 walk(item.get("item", ()))
 
         walk(self.questionnaire.get("item", ()))

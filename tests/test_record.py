@@ -368,7 +368,7 @@ def test_unknown_unit_is_unreadable_and_noted(evaluator: Evaluator, value: dict[
 def test_observation_without_value_is_unreadable_and_noted(evaluator: Evaluator) -> None:
     result = run(evaluator, bundle(observation(CODE["magnesium"], None, oid="no-value")))
     assert result.record.labs["magnesium"].band == "unreadable"
-    assert result.record.labs["magnesium"].why == "the result has no value"
+    assert result.record.labs["magnesium"].why == "no value"
     assert notes_about(result, "Observation/no-value")
 
 

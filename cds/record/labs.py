@@ -176,7 +176,7 @@ def read_labs(record: PatientRecord, observations: Sequence[Resource], pack: Rul
                     result,
                     earlier=True,
                     newer_unreadable=newest_unreadable,
-                    display=f"{result.display}, earlier result of {when.date().isoformat()}",
+                    display=f"{result.display} of {when.date().isoformat()}, earlier result",
                 )
             record.labs[name] = result
             break
@@ -256,13 +256,13 @@ def _lab_result(
     quantity = obs.valueQuantity
     if quantity is None or quantity.value is None:
         notes.append(f"{resource.key} has no valueQuantity for {analyte.display}; not usable")
-        return _unreadable(name, analyte, resource, when, "the result has no value")
+        return _unreadable(name, analyte, resource, when, "no value")
     spelling = quantity.code if quantity.code and (quantity.system in (None, UCUM)) else quantity.unit
     factor = analyte.unit_factors.get(unit_key(spelling) or "")
     if factor is None:
         notes.append(f"{resource.key}: unit {spelling!r} of {analyte.display} is not understood; not usable")
         shown = f"{_fmt(float(quantity.value))} {spelling}" if spelling else _fmt(float(quantity.value))
-        why = f"unit {spelling!r} is not one the rules know" if spelling else "the result has no unit"
+        why = f"unit {spelling!r} not known" if spelling else "no unit"
         return _unreadable(name, analyte, resource, when, why, shown=shown)
     raw = float(quantity.value)
     reading = Reading.of(raw, factor, analyte.decimals, quantity.comparator or "")
@@ -319,7 +319,7 @@ def _coded_result(
         if concept
         else None
     )
-    return _unreadable(name, analyte, resource, when, "its value is not a code the rules know", shown=shown)
+    return _unreadable(name, analyte, resource, when, "code not known", shown=shown)
 
 
 def _unreadable(
@@ -327,12 +327,13 @@ def _unreadable(
 ) -> LabResult:
     what = f"{analyte.display} {shown}" if shown else analyte.display
     return LabResult(
+        reported=shown,
         analyte=name,
         band="unreadable",
         grade=None,
         value=None,
         unit=None,
-        display=f"{what} of {when.date().isoformat()} could not be read: {why}",
+        display=f"{what} of {when.date().isoformat()} could not be read ({why})",
         when=when,
         ref=resource.key,
         basis="none",

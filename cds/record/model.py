@@ -19,6 +19,7 @@ class LabResult:
     basis: str  # interpretation | reference-range | default | coded | none
     critical: bool = False  # flagged LL/HH/AA/</> or beyond a critical cut-off of the pack
     why: str | None = None  # for an unreadable result: why it could not be used
+    reported: str | None = None  # for an unreadable result: its value and unit as sent, if any
     # The newest result in the window could not be read; this is the newest usable one before it.
     earlier: bool = False
     newer_unreadable: LabResult | None = None
@@ -26,6 +27,12 @@ class LabResult:
     @property
     def usable(self) -> bool:
         return self.band != "unreadable"
+
+    @property
+    def unread_note(self) -> str:
+        """An unreadable result in a few words: `12 mcg/L of 2026-05-20 could not be read (unit not known)`."""
+        what = f"{self.reported} " if self.reported else ""
+        return f"{what}of {self.when.date().isoformat()} could not be read ({self.why})"
 
 
 @dataclass(frozen=True)
