@@ -200,9 +200,7 @@ def test_units_are_shown_without_ucum_braces(evaluator: Evaluator) -> None:
 @pytest.mark.parametrize(
     ("spec", "why"),
     [
-        pytest.param(
-            {"value": 12, "unit": "mcg/L"}, "unit 'mcg/L' not known", id="unknown-unit"
-        ),
+        pytest.param({"value": 12, "unit": "mcg/L"}, "unit 'mcg/L' not known", id="unknown-unit"),
         pytest.param({"value": None}, "no value", id="no-value"),
     ],
 )
