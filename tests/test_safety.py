@@ -130,3 +130,66 @@ def test_a_calcium_order_with_critical_calcium_and_magnesium_gets_a_critical_car
     assert "hypocalcaemia does not correct until magnesium is replaced" in urgent["detail"]
     labels = [s["label"] for card in cards.values() for s in card.get("suggestions", [])]
     assert not [label for label in labels if "electromyography" in label.lower()]
+
+
+# --- The example patients, as fixtures (fixtures/manifest.json lists their topics) ------------
+
+
+def _fixture_cards(evaluator: Evaluator, name: str) -> dict[str, dict[str, Any]]:
+    from tests.conftest import load_fixture
+    from tests.test_fixtures import end_of
+
+    result = evaluator.evaluate_document(load_fixture(name), now=end_of("2026-06-01"))
+    return {card["source"]["topic"]["code"]: card for card in result.cards}
+
+
+def _text(card: dict[str, Any]) -> str:
+    labels = " ".join(s["label"] for s in card.get("suggestions", []))
+    return f"{card['summary']}\n{card['detail']}\n{labels}"
+
+
+def test_high_calcium_thiazide_patient(evaluator: Evaluator) -> None:
+    cards = _fixture_cards(evaluator, "high-calcium-thiazide.json")
+    assert cards["calcium-excess"]["indicator"] == "warning"
+    assert "Order intact PTH" in _text(cards["calcium-excess"])
+    everything = "\n".join(_text(c) for c in cards.values())
+    assert "high-dose supplement may be needed" not in everything
+    assert "High-dose vitamin D is not advised" in cards["vitamin-d-deficiency"]["detail"]
+
+
+def test_arterial_patient_gets_no_compression_or_leg_raising(evaluator: Evaluator) -> None:
+    cards = _fixture_cards(evaluator, "arterial-disease.json")
+    assert "poor-circulation" not in cards
+    assert "Measure ankle-brachial index (ABI)" in _text(cards["arterial-disease"])
+    for card in cards.values():
+        text = _text(card).lower()
+        assert "compression stockings can help" not in text
+        assert "raising the legs during sleep" not in text
+    assert "Compression stockings are not advised" in cards["lifestyle"]["detail"]
+
+
+def test_critical_calcium_and_magnesium_patient(evaluator: Evaluator) -> None:
+    cards = _fixture_cards(evaluator, "critical-calcium-magnesium.json")
+    assert cards["urgent"]["indicator"] == "critical"
+    assert "hypocalcaemia does not correct until magnesium is replaced" in cards["urgent"]["detail"]
+    assert cards["magnesium-deficiency"]["summary"].startswith(
+        "Low calcium with low magnesium: replace magnesium"
+    )
+    everything = "\n".join(_text(c) for c in cards.values()).lower()
+    assert "electromyography" not in everything
+
+
+def test_ckd4_patient_gets_a_kidney_caution_on_every_supplement(evaluator: Evaluator) -> None:
+    cards = _fixture_cards(evaluator, "ckd4-supplements.json")
+    for topic in ("vitamin-d-deficiency", "magnesium-deficiency", "medication-safety"):
+        assert "eGFR below 30" in _text(cards[topic]), topic
+    assert "supplement can be considered" not in cards["magnesium-deficiency"]["detail"]
+    assert "hypermagnesaemia" in cards["magnesium-deficiency"]["detail"]
+
+
+@pytest.mark.parametrize("name", ["ppi-product-coded.json", "ppi-brand-coded.json"])
+def test_product_and_brand_coded_ppis_count(evaluator: Evaluator, name: str) -> None:
+    cards = _fixture_cards(evaluator, name)
+    fired = {r["rule"] for r in cards["calcium-absorption"]["extension"]["cramp-cds-explanation"]["rules"]}
+    assert fired == {"calcium-absorption.ppi"}
+    assert "calcium citrate" in cards["calcium-absorption"]["detail"]
