@@ -15,17 +15,32 @@ Worked examples:
 from __future__ import annotations
 
 import re
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time
 
 _PARTIAL_DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$")
 _REFERENCE = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
 
 
+EARLIEST = datetime.min.replace(tzinfo=UTC)
+LATEST = datetime.max.replace(tzinfo=UTC)
+
+
 def as_utc(value: datetime) -> datetime:
-    """Aware datetimes are converted to UTC; naive ones are taken as UTC (CAUTION: FHIR requires a zone)."""
+    """Aware datetimes are converted to UTC; naive ones are taken as UTC (CAUTION: FHIR requires a zone).
+
+    CAUTION: FHIR allows instants a few hours outside what Python can hold in UTC (the first hours of
+    year 1 east of UTC, the last of year 9999 west of it); they are clamped to the nearest end, which
+    keeps their order against every date the rules compare with:
+
+        >>> as_utc(datetime.fromisoformat("9999-12-31T23:59:59-01:00")) == LATEST
+        True
+    """
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        return EARLIEST if value.year == 1 else LATEST
 
 
 def parse_fhir_datetime(value: object) -> datetime | None:
@@ -73,10 +88,13 @@ def is_after(value: object, now: datetime) -> bool:
 
 
 def subtract_months(moment: datetime, months: int) -> datetime:
-    """The same clock time `months` calendar months earlier, clamped to the month's last day."""
+    """The same clock time `months` calendar months earlier, clamped to the month's last day (and to
+    the first instant Python holds, for a window reaching back before year 1)."""
     total = moment.year * 12 + (moment.month - 1) - months
     year, month = divmod(total, 12)
     month += 1
+    if year < 1:  # a window that starts before year 1 holds every date there is
+        return EARLIEST
     for day in range(moment.day, 27, -1):
         try:
             return moment.replace(year=year, month=month, day=day)
@@ -90,7 +108,7 @@ def start_of_day(moment: datetime) -> datetime:
 
 
 def end_of_day(day: date) -> datetime:
-    return datetime.combine(day, time.min, tzinfo=UTC) + timedelta(days=1) - timedelta(microseconds=1)
+    return datetime.combine(day, time.max, tzinfo=UTC)
 
 
 def whole_months_between(earlier: datetime, later: datetime) -> int:

@@ -8,7 +8,6 @@ exactly as an active medication would (cds.record), so both stay in step when th
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -86,7 +85,9 @@ def calcium_drafts(draft_orders: Any, vs: MedicationSet, *, patient_id: str) -> 
         if not _concept_matches(_medication_concept(resource, medications), vs):
             continue
         # The order is being signed: count it as the active medication it is about to become.
-        active = copy.deepcopy(resource)
+        # A shallow copy: only top-level members change, and a copy of every level (deepcopy) of a
+        # client's draft nested a few hundred deep ran out of stack (a 500).
+        active = dict(resource)
         active["status"] = "active"
         active.setdefault("subject", {"reference": f"Patient/{patient_id}"})
         found.append((where, active, full_url))

@@ -533,7 +533,8 @@ class TokenVerifier:
         now = self._clock()
         exp = _numeric_date(claims, "exp")
         iat = _numeric_date(claims, "iat")
-        if now > exp + self._leeway:
+        # Arithmetic on `now` only, never on the token's dates: exp in year 9999 + leeway overflowed (a 500).
+        if now - self._leeway > exp:
             raise AuthError("expired")
         if "nbf" in claims and now + self._leeway < _numeric_date(claims, "nbf"):
             raise AuthError("not_yet_valid")
@@ -541,6 +542,7 @@ class TokenVerifier:
             raise AuthError("iat_in_future")
         if exp - iat > self._max_lifetime:
             raise AuthError("lifetime_too_long")
+        # exp is now within max_lifetime of an iat no later than now + leeway: exp + leeway is in range.
 
         # CDS Hooks 2.0 defines no `sub` (the sandbox sends none): read when present, never required.
         sub = claims.get("sub")

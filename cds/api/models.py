@@ -7,6 +7,7 @@ under the service's control; a validation failure becomes a ShapeError naming th
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 from uuid import UUID
 
@@ -214,6 +215,15 @@ class FeedbackEntry(_Lenient):
     acceptedSuggestions: list[AcceptedSuggestion] | None = None
     overrideReason: OverrideReason | None = None
     outcomeTimestamp: AwareDatetime
+
+    @field_validator("outcomeTimestamp")
+    @classmethod
+    def _storable_instant(cls, value: datetime) -> datetime:
+        # The store keeps UTC: an instant in year 0 or 10000 once there (0001-01-01T00:00:00+14:00) was a 500.
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("must fall between years 1 and 9999 in UTC") from None
 
     @model_validator(mode="after")
     def _fits_outcome(self) -> FeedbackEntry:
