@@ -37,7 +37,7 @@ from cds.store import (
     StoreUnavailableError,
     text_problem,
 )
-from tests.support.api import NOW, Api, dev_settings, hook_request, running
+from tests.support.api import NOW, Api, Issuer, dev_settings, hook_request, running, secure_settings
 from tests.support.postgres import fresh_database
 from tests.test_api_operations import metric
 
@@ -343,3 +343,35 @@ def test_concurrent_hook_calls_share_commits_and_every_answered_card_is_stored(a
         stored = set(conn.scalars(select(IssuedCardRow.uuid)))
     assert set(answered) <= stored
     assert len(answered) == len(set(answered))
+
+
+# --------------------------------------------------------------------------- JWT ids the store keeps
+
+
+@pytest.mark.parametrize(
+    "jti",
+    [
+        pytest.param("a\x00b", id="nul"),
+        pytest.param("\ud800", id="unpaired-surrogate"),
+        pytest.param("x" * 256, id="longer-than-the-column"),
+    ],
+)
+def test_a_jwt_id_no_database_keeps_is_401_and_poisons_nothing(
+    tmp_path: Path, pack: RulePack, database_url: str, jti: str
+) -> None:
+    issuer = Issuer()
+    settings = secure_settings(tmp_path, issuer, database_url=database_url)
+    with running(settings, evaluator=Evaluator(pack)) as api:
+        url = api.url(SERVICE)
+        # PyJWT reads claims with json.loads, which (unlike the body parser) accepts a lone surrogate.
+        bad = issuer.token(url, now=NOW, jti=jti)
+        refused = api.client.post(SERVICE, json=hook_request(), headers={"Authorization": f"Bearer {bad}"})
+        assert refused.status_code == 401
+        good = issuer.token(url, now=NOW)
+        assert (
+            api.client.post(
+                SERVICE, json=hook_request(), headers={"Authorization": f"Bearer {good}"}
+            ).status_code
+            == 200
+        )
+        assert len(api.runtime.jti_cache) == 0
