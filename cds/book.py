@@ -84,20 +84,20 @@ def render_book(pack: RulePack, log: HazardLog) -> str:
         "against an HL7 guide or the FHIR specification, C agreed across community sources, U unverified.</p>"
     )
     parts.append(
-        "<table><tr><th>Analyte</th><th>Unit</th><th>Recent</th><th>Cut-offs</th><th>Codes (source, where checked)</th></tr>"
+        "<table><tr><th>Analyte</th><th>Unit</th><th>Recent</th><th>Cut-offs</th><th>Critical limits</th>"
+        "<th>Codes (source, where checked)</th></tr>"
     )
     for name, analyte in pack.analytes.items():
-        cuts = (
-            "; ".join(_threshold(t.model_dump(exclude_none=True)) for t in analyte.thresholds)
-            or "coded values"
-        )
+        cuts = "<br>".join(_threshold(t.model_dump(exclude_none=True)) for t in analyte.thresholds)
+        critical = "<br>".join(_threshold(t.model_dump(exclude_none=True)) for t in analyte.critical)
         codes = "<br>".join(
             f"<code>{escape(c.code)}</code> {escape(c.display)} [{c.source}] <span class='muted'>{escape(c.checked)}</span>"
             for c in analyte.codes
         )
         parts.append(
             f'<tr id="analyte-{escape(name)}"><td>{escape(analyte.display)}</td><td>{escape(analyte.unit or "")}</td>'
-            f"<td>{analyte.recent_months} months</td><td>{escape(cuts)}</td><td>{codes}</td></tr>"
+            f"<td>{analyte.recent_months} months</td><td>{cuts or 'coded values'}</td>"
+            f"<td>{critical or 'none'}</td><td>{codes}</td></tr>"
         )
     parts.append("</table>")
     parts.append(
@@ -262,11 +262,16 @@ def _values(value: Any) -> list[str]:
 
 
 def _threshold(t: Mapping[str, Any]) -> str:
-    for key, word in (("below", "<"), ("above", ">"), ("at_or_above", "≥")):
+    """One cut-off as escaped HTML, with its source, year and certainty when the pack gives them."""
+    for key, word in (("below", "<"), ("at_or_below", "≤"), ("above", ">"), ("at_or_above", "≥")):
         if key in t:
             grade = f" ({t['grade']})" if "grade" in t else ""
-            return f"{t['band']}{grade} {word} {t[key]}"
-    return str(dict(t))
+            text = escape(f"{t['band']}{grade} {word} {t[key]}")
+            meta = [str(t[k]) for k in ("source", "year", "certainty") if k in t]
+            if meta:
+                text += f" <span class='muted'>{escape('; '.join(meta))}</span>"
+            return text
+    return escape(str(dict(t)))
 
 
 def _advice(advice: Advice) -> str:

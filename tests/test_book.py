@@ -5,6 +5,9 @@ from __future__ import annotations
 import re
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from cds.book import render_book
 from cds.hazards import load_hazards
@@ -60,6 +63,7 @@ def test_thresholds_sources_and_withheld_advice_are_shown(pack: RulePack) -> Non
     assert "Withheld when" in page
     assert "FDA Drug Safety Communication 2011-03-02" in page
     assert "Kost, JAMA 1990" in page
+    assert "low ≤ 7.0 <span class='muted'>Nursing &lt;7.0 mg/dL" in page  # calcium critical limit and source
     assert "Magnesium</a> is low and is critical (flagged LL/HH" in page  # urgent.magnesium-critical-low
     assert "25-OH vitamin D</a> &gt; 100 ng/mL" in page  # finding.vitamin-d-high
 
@@ -70,3 +74,30 @@ def test_cds_rules_book_writes_the_file(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert out.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
     assert "rule book written to" in done.stderr
+
+
+def test_the_book_renders_in_chromium_with_every_rule(
+    chromium_page: Any, pack: RulePack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Headless Debian chromium opens the page written by `cds rules book`; every rule id is visible text."""
+    out = tmp_path / "rule-book.html"
+    done = cds("rules", "book", "-o", out)
+    assert done.returncode == 0, done.stderr
+    requests: list[str] = []
+    chromium_page.on("request", lambda request: requests.append(request.url))
+    chromium_page.goto(out.as_uri())
+    assert chromium_page.title().startswith("Rule book: ")
+    text = chromium_page.inner_text("body")
+    missing = [rule_id for rule_id in pack.rules_by_id if rule_id not in text]
+    assert missing == []
+    assert chromium_page.locator("div.rule").count() >= len(pack.rules_by_id)
+    assert chromium_page.errors == []
+    assert requests == [out.as_uri()]  # nothing fetched beyond the page itself
+    # The hazard log is reachable from a rule through its in-page link.
+    chromium_page.click("#rule-urgent\\.possible-dvt a[href='#HAZ-003']")
+    assert chromium_page.evaluate("location.hash") == "#HAZ-003"
+    shot = tmp_path / "rule-book.png"
+    chromium_page.screenshot(path=str(shot), full_page=False)
+    assert shot.read_bytes().startswith(b"\x89PNG")
+    with capsys.disabled():
+        print(f"\nrule book screenshot: {shot}")
