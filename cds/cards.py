@@ -60,7 +60,7 @@ class Explainer:
     def trace(self, fact_ids: Iterable[str]) -> Trace:
         labels: list[str] = []
         priorities: list[int] = []
-        refs: list[str] = []
+        refs: dict[str, None] = {}  # ordered and de-duplicated in O(1) per reference
         seen: set[str] = set()
         stack = list(fact_ids)[::-1]
         while stack:
@@ -71,7 +71,7 @@ class Explainer:
             if fact_id in self._facts:
                 labels.append(str(self._facts[fact_id]["label"]))
                 priorities.append(evidence_priority(self._facts[fact_id]))
-                refs.extend(r for r in self._evidence.get(fact_id, ()) if r not in refs)
+                refs.update(dict.fromkeys(self._evidence.get(fact_id, ())))
             else:
                 for inputs in self._producers.get(fact_id, []):
                     stack.extend(reversed(inputs))
@@ -153,12 +153,12 @@ def _render_card(
 
     explanation = []
     reasons = []
-    all_refs: list[str] = []
+    all_refs: dict[str, None] = {}
     for rule in rules:
         trace = explainer.trace(i for inputs in by_rule[rule.id] for i in inputs[skip:])
         context = explainer.trace(i for inputs in by_rule[rule.id] for i in inputs[:skip])
         refs = tuple(dict.fromkeys((*trace.refs, *context.refs)))
-        all_refs.extend(r for r in refs if r not in all_refs)
+        all_refs.update(dict.fromkeys(refs))
         explanation.append(
             {"rule": rule.id, "facts": list(trace.labels + context.labels), "evidence": list(refs)}
         )
@@ -190,7 +190,7 @@ def _render_card(
             for r in spec.override_reasons
         ]
     card["extension"] = {
-        EXPLANATION_KEY: {"packVersion": pack.version, "rules": explanation, "evidence": all_refs}
+        EXPLANATION_KEY: {"packVersion": pack.version, "rules": explanation, "evidence": list(all_refs)}
     }
     return card
 
@@ -216,9 +216,16 @@ def findings_hold(names: Iterable[str], findings: Collection[str]) -> bool:
 
 
 def _summary(template: str, labels: tuple[str, ...], orders: list[str]) -> str:
-    """Fill `{evidence}` and `{orders}`, trimming the lists so the summary stays under 140 characters."""
+    """Fill `{evidence}` and `{orders}`, trimming the lists so the summary stays under 140 characters.
+
+    Only the first SUMMARY_LIMIT items of a list can matter: more items, each with its "; " or ", "
+    separator, are longer than the limit. So the work is bounded whatever the number of labels.
+    """
     order_names = [o.removeprefix("Order ").removeprefix("Refer for ") for o in orders]
-    for keep in range(max(len(labels), len(order_names)), 0, -1):
+    longest = max(
+        len(labels) if "{evidence}" in template else 0, len(order_names) if "{orders}" in template else 0
+    )
+    for keep in range(min(longest, SUMMARY_LIMIT), 0, -1):
         evidence = "; ".join(labels[:keep]) + ("; …" if len(labels) > keep else "")
         listed = ", ".join(order_names[:keep]) + (", …" if len(order_names) > keep else "")
         text = template.replace("{evidence}", evidence).replace("{orders}", listed)

@@ -16,6 +16,21 @@ __all__ = ["FhirFetchError", "fetch_prefetch", "fill_template"]
 
 #: Upper bound on the size of one response body (one page of a search), in bytes.
 DEFAULT_MAX_PAGE_BYTES = 32 * 1024 * 1024
+#: Upper bound on all the bytes fetched for one request: every key, every page.
+DEFAULT_MAX_TOTAL_BYTES = 64 * 1024 * 1024
+
+
+class _ByteBudget:
+    """Bytes left for the whole fetch, shared by the keys' fetchers (one event loop: no lock needed)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, count: int) -> bool:
+        self.used += count
+        return self.used <= self.limit
+
 
 # Prefetch tokens derived from context.userId (CDS Hooks 2.0, "Prefetch tokens").
 _USER_TOKENS = {
@@ -37,6 +52,8 @@ class FhirFetchError(Exception):
     is safe text: it never contains the access token, request URLs or response bodies.
     Reasons: timeout, http_status, not_json, not_bundle, not_resource, too_many_entries,
     page_loop, too_many_pages, too_large, next_origin, bad_query, unreachable, transport.
+    The reasons in LIMIT_REASONS mean the data is larger than the service accepts (a 413, as if the
+    client had sent it), the others that it could not be had (412).
     """
 
     # Set by cds.prefetch.resolve_prefetch: how the key came to need fetching.
@@ -48,6 +65,9 @@ class FhirFetchError(Exception):
         self.detail = detail
         text = f"prefetch {key!r}: {reason}"
         super().__init__(f"{text}: {detail}" if detail else text)
+
+
+LIMIT_REASONS = frozenset({"too_many_entries", "too_many_pages", "too_large"})
 
 
 def _encode(value: str, *, keep_slash: bool) -> str:
@@ -127,6 +147,7 @@ class _Fetcher:
         max_pages: int,
         max_entries: int,
         max_page_bytes: int,
+        budget: _ByteBudget,
     ) -> None:
         self.key = key
         self.client = client
@@ -136,6 +157,7 @@ class _Fetcher:
         self.max_pages = max_pages
         self.max_entries = max_entries
         self.max_page_bytes = max_page_bytes
+        self.budget = budget
 
     def error(self, reason: str, detail: str = "") -> FhirFetchError:
         return FhirFetchError(self.key, reason, detail)
@@ -157,12 +179,24 @@ class _Fetcher:
                 declared = response.headers.get("content-length", "")
                 if declared.isdigit() and int(declared) > self.max_page_bytes:
                     raise self.error("too_large", f"{what} is larger than {self.max_page_bytes} bytes")
+                if declared.isdigit() and self.budget.used + int(declared) > self.budget.limit:
+                    raise self.error(
+                        "too_large",
+                        f"the answers for this request would pass {self.budget.limit} bytes at {what} "
+                        "(CDS_MAX_FETCH_BYTES)",
+                    )
                 body = bytearray()
                 # Decoded bytes are counted, so a compressed body cannot expand past the cap.
                 async for chunk in response.aiter_bytes():
                     body += chunk
                     if len(body) > self.max_page_bytes:
                         raise self.error("too_large", f"{what} is larger than {self.max_page_bytes} bytes")
+                    if not self.budget.take(len(chunk)):
+                        raise self.error(
+                            "too_large",
+                            f"the answers for this request passed {self.budget.limit} bytes at {what} "
+                            "(CDS_MAX_FETCH_BYTES)",
+                        )
         except httpx.TimeoutException:
             raise self.error("timeout", f"no complete answer for {what} before the deadline") from None
         except httpx.ConnectError:
@@ -207,11 +241,15 @@ class _Fetcher:
                 total = bundle["total"]
                 if total > self.max_entries:
                     raise self.error(
-                        "too_many_entries", f"server reports more than {self.max_entries} matches"
+                        "too_many_entries",
+                        f"server reports more than {self.max_entries} matches (CDS_MAX_RESOURCES_PER_KEY)",
                     )
             entries.extend(page_entries)
             if len(entries) > self.max_entries:
-                raise self.error("too_many_entries", f"search returned more than {self.max_entries} entries")
+                raise self.error(
+                    "too_many_entries",
+                    f"search returned more than {self.max_entries} entries (CDS_MAX_RESOURCES_PER_KEY)",
+                )
             next_url = self.next_link(bundle, next_url, page, seen)
         result: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
         if total is not None:
@@ -254,12 +292,14 @@ async def fetch_prefetch(
     max_pages: int = 50,
     max_entries: int = 20000,
     max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES,
+    max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
 ) -> dict[str, dict[str, Any]]:
     """Fetch every prefetch query concurrently from ``fhir_server`` before ``deadline``.
 
     ``queries`` maps prefetch key to a filled relative query (``Patient/123`` or
     ``Observation?patient=123``); ``deadline`` is a ``time.monotonic()`` value. A read returns
     the resource, a search returns one searchset Bundle holding the entries of all pages.
+    ``max_total_bytes`` bounds the decoded bytes of every answer together (all keys, all pages).
     On failure raises FhirFetchError for the first failing key in ``queries`` order: when a
     key fails, keys after it are cancelled and keys before it are still awaited, so the key
     reported does not depend on timing.
@@ -279,6 +319,7 @@ async def fetch_prefetch(
     keys = list(queries)
     if not keys:
         return {}
+    budget = _ByteBudget(max_total_bytes)
 
     async def one(key: str) -> dict[str, Any]:
         fetcher = _Fetcher(
@@ -290,6 +331,7 @@ async def fetch_prefetch(
             max_pages=max_pages,
             max_entries=max_entries,
             max_page_bytes=max_page_bytes,
+            budget=budget,
         )
         query = queries[key].lstrip("/")
         try:

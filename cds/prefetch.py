@@ -21,6 +21,7 @@ import httpx
 from cds.errors import PrefetchMissingError, ShapeError
 from cds.fhirclient import FhirFetchError, fetch_prefetch, fill_template
 from cds.intake import PREFETCH_KEYS, HookRequest, usable_prefetch
+from cds.limits import Limits
 from cds.rulepack import RulePack
 
 PATIENT_TOKEN: Final = "{{context.patientId}}"  # noqa: S105 - a prefetch token, not a secret
@@ -115,12 +116,15 @@ async def resolve_prefetch(
     *,
     client: httpx.AsyncClient,
     budget_seconds: float,
+    limits: Limits | None = None,
 ) -> ResolvedPrefetch:
     """Use what the client sent; fetch each missing key from `fhirServer` within the time budget.
 
     Raises PrefetchMissingError (412) when a key is missing and there is no FHIR server to ask, and
-    lets cds.fhirclient.FhirFetchError (also 412, naming the key) through when the server fails.
+    lets cds.fhirclient.FhirFetchError (412 naming the key; 413 when the data passes `limits`) through
+    when the server fails.
     """
+    limits = limits or Limits()
     data = {k: request.prefetch[k] for k in templates if k in request.prefetch}
     missing = require_sent(request, tuple(templates), can_fetch=request.fhir_server is not None)
     if not missing:
@@ -144,6 +148,8 @@ async def resolve_prefetch(
             access_token=request.access_token,
             queries=queries,
             deadline=time.monotonic() + budget_seconds,
+            max_entries=limits.resources_per_key,
+            max_total_bytes=limits.fetch_bytes,
         )
     except ValueError as exc:
         # The token was checked above, so what fetch_prefetch refuses here is the server URL.

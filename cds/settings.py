@@ -11,6 +11,9 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cds import limits as defaults
+from cds.limits import Limits
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RULES_DIR = REPO_ROOT / "rules"
 DEV_HASH_KEY = "dev-only-patient-hash-key-change-me"
@@ -53,6 +56,22 @@ class Settings(BaseSettings):
     """Largest request body in bytes (at least 1024); a larger one is answered 413."""
     fhir_budget_seconds: float = Field(default=2.0, gt=0, le=30)
     """Seconds (up to 30) for fetching missing prefetch from the EHR's FHIR server, then 412 naming the key."""
+    max_resources_per_key: int = Field(default=defaults.MAX_RESOURCES_PER_KEY, ge=1)
+    """Most resources in one prefetch key (sent or fetched); more is a 413 naming the key (cds.limits)."""
+    max_resources: int = Field(default=defaults.MAX_RESOURCES, ge=1)
+    """Most resources in one request, all prefetch keys and draft orders together (or one Bundle); more is a 413."""
+    max_answers_per_questionnaire: int = Field(default=defaults.MAX_ANSWERS_PER_QUESTIONNAIRE, ge=1)
+    """Most items and answers, nested ones included, in one QuestionnaireResponse; more is a 413."""
+    max_json_depth: int = Field(default=defaults.MAX_JSON_DEPTH, ge=8, le=512)
+    """Deepest nesting of objects and arrays in any JSON body (8 to 512); deeper is a 400 naming the member."""
+    max_fetch_bytes: int = Field(default=defaults.MAX_FETCH_BYTES, ge=1024)
+    """Most bytes fetched from a client's fhirServer for one request, all keys and `next` pages together; more is a 413."""
+    inline_max_resources: int = Field(default=defaults.INLINE_MAX_RESOURCES, ge=0)
+    """Requests up to this many resources are evaluated on the event loop; larger ones in a thread, so the worker keeps answering."""
+    header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    """Seconds a connection has to send its request headers before it is closed (cds.server)."""
+    body_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    """Seconds a request has to send its whole body, counted from its headers; then a 408 and the connection is closed."""
     jwt_leeway_seconds: int = Field(default=60, ge=0, le=600)
     """Clock skew in seconds (0 to 600) allowed on a JWT's `exp`, `nbf` and `iat`."""
     log_level: str = "INFO"
@@ -74,6 +93,16 @@ class Settings(BaseSettings):
     @classmethod
     def _demo_zone(cls, value: datetime | None) -> datetime | None:
         return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(
+            resources_per_key=self.max_resources_per_key,
+            resources=self.max_resources,
+            answers_per_questionnaire=self.max_answers_per_questionnaire,
+            json_depth=self.max_json_depth,
+            fetch_bytes=self.max_fetch_bytes,
+        )
 
     @field_validator("log_level")
     @classmethod

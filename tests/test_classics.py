@@ -274,9 +274,11 @@ def huge_prefetch(entries: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def roomy(tmp_path_factory: pytest.TempPathFactory, pack: RulePack) -> Iterator[Api]:
-    """The app with a 64 MB body limit, so that a 100,000-entry Bundle is read rather than refused."""
+    """The app with a 64 MB body limit and room for 100,000 resources, so that a 100,000-entry Bundle is
+    read rather than refused."""
     tmp = tmp_path_factory.mktemp("roomy")
-    with running(dev_settings(tmp, max_body_bytes=64 * MB), evaluator=Evaluator(pack)) as api:
+    settings = dev_settings(tmp, max_body_bytes=64 * MB, max_resources_per_key=100_000, max_resources=200_000)
+    with running(settings, evaluator=Evaluator(pack)) as api:
         yield api
 
 

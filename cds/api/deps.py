@@ -15,6 +15,7 @@ from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from cds.api.catalog import ServiceSpec
+from cds.api.workload import Workload
 from cds.cardwriter import CardWriter
 from cds.errors import UnknownServiceError
 from cds.evaluation import Evaluator
@@ -62,6 +63,7 @@ class Runtime:
     backlog: CardBacklog | None = None
     jti_cache: JtiCache = field(default_factory=JtiCache)
     http: httpx.AsyncClient | None = None  # set by the lifespan (bound to the server's event loop)
+    workload: Workload | None = None  # where evaluations run (cds.api.workload); built from the settings
 
     # The one thread that writes issued cards, many hook calls per commit (off the event loop).
     writer: CardWriter | None = None
@@ -77,6 +79,8 @@ class Runtime:
             )
         if self.writer is None:
             self.writer = CardWriter(self.backlog)
+        if self.workload is None:
+            self.workload = Workload(self.evaluator, inline_max_resources=self.settings.inline_max_resources)
 
     @property
     def cards(self) -> CardBacklog:
@@ -120,6 +124,11 @@ class Runtime:
                 log_event(logger, "store.jti.unwritable", level=logging.ERROR, error=type(exc).__name__)
             self.jti_cache.forget(iss, jti)
         return written
+
+    @property
+    def evaluations(self) -> Workload:
+        assert self.workload is not None  # set in __post_init__
+        return self.workload
 
     @property
     def client(self) -> httpx.AsyncClient:

@@ -6,7 +6,6 @@ from datetime import UTC, date, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from starlette.concurrency import run_in_threadpool
 
 from cds.api.deps import BodyDep, ClientDep, RuntimeDep, public_base
 from cds.api.models import CardsResponse, FhirBundle, request_body
@@ -16,6 +15,7 @@ from cds.errors import InputError
 from cds.fhirvalues import end_of_day
 from cds.hooks import evaluate_document
 from cds.intake import load_json
+from cds.limits import check_bundle
 
 router = APIRouter(tags=["Evaluation"])
 
@@ -54,13 +54,14 @@ async def evaluate(
     for cards issued here. A CDS Hooks request with every prefetch key filled is accepted as well, and
     answered as the service for its hook would answer it (order-sign: calcium-order-check)."""
     moment = parse_moment(now) if now is not None else runtime.clock()
-    document = load_json(body)
-    answer = await run_in_threadpool(
-        evaluate_document,
-        document,
-        evaluator=runtime.evaluator,
-        now=moment,
-        base_url=public_base(request, runtime.settings),
+    limits = runtime.settings.limits
+    document = load_json(body, max_depth=limits.json_depth)
+    resources = check_bundle(document, limits)
+    base_url = public_base(request, runtime.settings)
+    answer = await runtime.evaluations.run(
+        resources,
+        len(body),
+        lambda evaluator: evaluate_document(document, evaluator=evaluator, now=moment, base_url=base_url),
     )
     request.state.card_count = len(answer.cards)
     return JsonResponse(answer.response())

@@ -46,7 +46,7 @@ async def feedback(runtime: RuntimeDep, client: ClientDep, service: ServiceDep, 
     The same entry sent twice is stored once. A store that cannot be reached gives 503 with Retry-After,
     and so does one that still holds cards queued during an outage (cds.store.CardBacklog).
     """
-    batch = parse_body(FeedbackRequest, body)
+    batch = parse_body(FeedbackRequest, body, max_depth=runtime.settings.max_json_depth)
     items = [_item(entry) for entry in batch.feedback]
 
     def store() -> int:

@@ -24,6 +24,7 @@ from pydantic.json_schema import models_json_schema
 
 from cds.errors import ShapeError
 from cds.intake import load_json
+from cds.limits import MAX_JSON_DEPTH
 from cds.store import text_problem
 
 M = TypeVar("M", bound=BaseModel)
@@ -268,9 +269,9 @@ def field_path(loc: tuple[int | str, ...]) -> str:
     return text
 
 
-def parse_body(model: type[M], raw: bytes) -> M:
+def parse_body(model: type[M], raw: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> M:
     """Strict JSON, then the model; the first problem becomes a ShapeError naming its field."""
-    document = load_json(raw)
+    document = load_json(raw, max_depth=max_depth)
     try:
         return model.model_validate(document)
     except ValidationError as exc:

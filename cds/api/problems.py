@@ -5,7 +5,7 @@ text to choose a status.
 
     exception                         status  issue.code   issue.expression
     CdsError (by its .status)         4xx     invalid / not-found / incomplete / too-long / not-supported   .field
-    cds.fhirclient.FhirFetchError     412     incomplete   prefetch.<key>
+    cds.fhirclient.FhirFetchError     412     incomplete   prefetch.<key>  (413 too-long over a limit)
     cds.security.AuthError            401     login        (none: no detail that helps an attacker)
     cds.store.UnknownCardError        400     not-found    feedback.card
     cds.store.StoreUnavailableError   503     transient    (Retry-After header)
@@ -36,7 +36,7 @@ from starlette.responses import Response
 
 from cds.api.models import OperationOutcome, field_path
 from cds.errors import CdsError, JsonError
-from cds.fhirclient import FhirFetchError
+from cds.fhirclient import LIMIT_REASONS, FhirFetchError
 from cds.logs import error_fields, log_event
 from cds.security import AuthError
 from cds.store import StoreUnavailableError, UnknownCardError, UnstorableValueError
@@ -95,6 +95,13 @@ def _cds_error(exc: CdsError) -> Problem:
 
 
 def _fetch_error(exc: FhirFetchError) -> Problem:
+    if exc.reason in LIMIT_REASONS:
+        return Problem(
+            413,
+            f"prefetch key {exc.key!r} fetched from fhirServer is larger than this service accepts "
+            f"({exc.reason}: {exc.detail})",
+            expression=f"prefetch.{exc.key}",
+        )
     return Problem(
         412,
         f"prefetch.{exc.key} {exc.why_missing} and could not be fetched from fhirServer ({exc.reason}"

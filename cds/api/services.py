@@ -14,12 +14,13 @@ from cds.api.deps import BodyDep, ClientDep, Runtime, RuntimeDep, ServiceDep, pu
 from cds.api.models import CardsResponse, HookRequestBody, request_body
 from cds.api.problems import documented
 from cds.api.responses import JsonResponse
-from cds.evaluation import Evaluation
+from cds.evaluation import Evaluation, Evaluator
 from cds.fhirclient import FhirFetchError
 from cds.hooks import HookCall, evaluate_call, read_call
 from cds.intake import HookRequest, load_json
+from cds.limits import check_prefetch
 from cds.logs import log_event
-from cds.prefetch import resolve_prefetch
+from cds.prefetch import ResolvedPrefetch, resolve_prefetch
 from cds.store import IssuedCard, PendingCards, patient_hash
 
 logger = logging.getLogger("cds.api")
@@ -42,42 +43,58 @@ async def call_service(
     `{"cards": []}` unless `context.draftOrders` holds a calcium supplement MedicationRequest; then it
     evaluates with that order counted as active and returns the cause cards only.
     """
-    call = read_call(load_json(body), service_id=service.id, pack=runtime.evaluator.pack)
+    limits = runtime.settings.limits
+    document = load_json(body, max_depth=limits.json_depth)
+    call = read_call(document, service_id=service.id, pack=runtime.evaluator.pack)
     hook = call.request
     request.state.hook_instance = hook.hook_instance
     if call.silent:
         request.state.card_count = 0
         return JsonResponse({"cards": []})
-    prefetch = await _prefetch(runtime, service, hook)
-    # Evaluation is CPU-bound and takes a few milliseconds: it runs on the event loop, where a thread
-    # hop only adds GIL contention (measured with hey, 50-resource prefetch, one worker, concurrency 8:
-    # 152 req/s through the thread pool, 217 inline). The card rows go to the writer thread
-    # (cds.cardwriter), which commits the cards of concurrent calls together, off the loop.
+    # Counted before anything is fetched, and again with what was fetched (cds.limits).
+    sent = {k: v for k, v in hook.prefetch.items() if k in service.prefetch}
+    resources = check_prefetch(sent, call.extra, limits)
+    resolved = await _prefetch(runtime, service, hook)
+    prefetch = resolved.data
+    if resolved.fetched:
+        resources = check_prefetch(prefetch, call.extra, limits)
+    # Evaluation is CPU-bound and takes a few milliseconds: small requests run on the event loop, where
+    # a thread hop only adds GIL contention (measured with hey, 50-resource prefetch, one worker,
+    # concurrency 8: 152 req/s through the thread pool, 217 inline); large ones in a thread
+    # (cds.api.workload). The card rows go to the writer thread (cds.cardwriter), which commits the
+    # cards of concurrent calls together, off the loop.
     now = runtime.clock()
-    evaluation, issued = _evaluate(runtime, call, prefetch, now, public_base(request, runtime.settings))
+    base_url = public_base(request, runtime.settings)
+    evaluation, issued = await runtime.evaluations.run(
+        resources, len(body), lambda evaluator: _evaluate(evaluator, call, prefetch, now, base_url)
+    )
     await _record(runtime, service, hook, issued, now)
     cards = evaluation.cards
     request.state.card_count = len(cards)
     return JsonResponse({"cards": cards})
 
 
-async def _prefetch(runtime: Runtime, service: ServiceSpec, hook: HookRequest) -> dict[str, Any]:
+async def _prefetch(runtime: Runtime, service: ServiceSpec, hook: HookRequest) -> ResolvedPrefetch:
     try:
         resolved = await resolve_prefetch(
-            hook, service.prefetch, client=runtime.client, budget_seconds=runtime.settings.fhir_budget_seconds
+            hook,
+            service.prefetch,
+            client=runtime.client,
+            budget_seconds=runtime.settings.fhir_budget_seconds,
+            limits=runtime.settings.limits,
         )
     except FhirFetchError as exc:
         runtime.metrics.prefetch_fetches.labels(key=exc.key, result=exc.reason).inc()
         raise
     for key in resolved.fetched:
         runtime.metrics.prefetch_fetches.labels(key=key, result="ok").inc()
-    return resolved.data
+    return resolved
 
 
 def _evaluate(
-    runtime: Runtime, call: HookCall, prefetch: Mapping[str, Any], now: datetime, base_url: str
+    evaluator: Evaluator, call: HookCall, prefetch: Mapping[str, Any], now: datetime, base_url: str
 ) -> tuple[Evaluation, list[IssuedCard]]:
-    evaluation = evaluate_call(call, prefetch, evaluator=runtime.evaluator, now=now, base_url=base_url)
+    evaluation = evaluate_call(call, prefetch, evaluator=evaluator, now=now, base_url=base_url)
     return evaluation, [_issued(card) for card in evaluation.cards]
 
 
