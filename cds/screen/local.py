@@ -307,4 +307,6 @@ def _bar(enabled: bool, **options: Any) -> Any:
         return _NoBar()
     from tqdm import tqdm
 
-    return tqdm(file=sys.stderr, dynamic_ncols=True, smoothing=0.1, **options)
+    # shutil falls back to 80x24 where the terminal reports a size of 0 (tqdm would then draw nothing)
+    size = shutil.get_terminal_size()
+    return tqdm(file=sys.stderr, ncols=size.columns, nrows=size.lines, smoothing=0.1, **options)
