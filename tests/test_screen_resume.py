@@ -117,7 +117,8 @@ def test_resume_refuses_another_now(export: Path, tmp_path: Path) -> None:
         "screen", export, "--now", "2026-07-01", "--out", out, "--workers", "1", "--buckets", "4", "--resume"
     )
     assert done.returncode == 2
-    assert "cannot resume" in done.stderr and "now" in done.stderr
+    assert "cannot resume" in done.stderr
+    assert "now" in done.stderr
 
 
 def test_a_progress_bar_on_a_terminal_and_none_otherwise(export: Path, tmp_path: Path) -> None:
@@ -147,8 +148,11 @@ def test_a_progress_bar_on_a_terminal_and_none_otherwise(export: Path, tmp_path:
     os.close(main_fd)
     assert process.wait(timeout=60) == 0
     text = seen.decode(errors="replace")
-    assert "evaluate" in text and "patient/s" in text and "160/160" in text
+    assert "evaluate" in text
+    assert "patient/s" in text
+    assert "160/160" in text
     assert "patients read: 160" in text
     piped = cds("screen", export, "--now", NOW, "--out", tmp_path / "b.csv", "--workers", "1")
     assert piped.returncode == 0
-    assert "patient/s" not in piped.stderr and "patients read: 160" in piped.stderr
+    assert "patient/s" not in piped.stderr
+    assert "patients read: 160" in piped.stderr
