@@ -62,7 +62,7 @@ LABS: tuple[Lab, ...] = (
         "vitamin-d-25oh",
         0.45,
         (("62292-8", "ng/mL", 1.0, 0.6), ("1989-3", "ng/mL", 1.0, 0.15), ("14635-7", "nmol/L", 2.496, 0.25)),
-        lambda r: r.lognormvariate(math.log(24), 0.45),
+        lambda r: r.uniform(101, 160) if r.random() < 0.01 else r.lognormvariate(math.log(24), 0.45),
         30,
         100,
     ),
@@ -76,7 +76,7 @@ LABS: tuple[Lab, ...] = (
         2,
     ),
     Lab("calcium-total", 0.6, (("17861-6", "mg/dL", 1.0, 0.7), ("49765-1", "mg/dL", 1.0, 0.3)),
-        lambda r: r.gauss(9.4, 0.45), 8.5, 10.5),
+        lambda r: r.uniform(10.6, 12.4) if r.random() < 0.05 else r.gauss(9.4, 0.45), 8.5, 10.5),
     Lab("potassium", 0.65, (("2823-3", "mmol/L", 1.0, 0.7), ("6298-4", "mmol/L", 1.0, 0.3)),
         lambda r: r.gauss(4.2, 0.4), 3.5, 5.1),
     Lab("sodium", 0.65, (("2951-2", "mmol/L", 1.0, 0.7), ("2947-0", "mmol/L", 1.0, 0.3)),
@@ -102,13 +102,30 @@ CONDITION_RATES = {
 DEFAULT_CONDITION_RATE = 0.025
 MEDICATION_RATES = {"calcium-supplement": 0.75, "ppi": 0.15, "thiazide-diuretic": 0.1, "loop-diuretic": 0.05}
 DEFAULT_MEDICATION_RATE = 0.03
-# Chance of a "yes" per boolean question (others 0.3); cramp frequency is drawn separately.
+# Chance of a "yes" per boolean question; cramp frequency is drawn separately. Red-flag questions are
+# rare, and so is any question added to the pack later (DEFAULT_YES_RATE), until it is listed here.
 YES_RATES = {
-    "taking-calcium": 0.8,
-    "pregnant": 0.0,
-    "calcium-with-meals": 0.5,
+    "cramp-nocturnal": 0.5,
+    "cramp-symmetrical": 0.4,
     "persisting-after-lifestyle-changes": 0.2,
+    "taking-calcium": 0.8,
+    "calcium-with-meals": 0.5,
+    "acid-suppressant": 0.2,
+    "chronic-diarrhea": 0.05,
+    "lactose-intolerance": 0.1,
+    "low-sun-exposure": 0.3,
+    "magnesium-rich-diet": 0.5,
+    "prolonged-sitting-standing": 0.35,
+    "leg-swelling-or-varicose-veins": 0.15,
+    "back-pain-radiating": 0.1,
+    "numbness-tingling": 0.08,
+    "claudication": 0.04,
+    "calf-swelling-one-side": 0.01,
+    "weakness-wasting-fasciculations": 0.01,
+    "perioral-tingling-tetany": 0.01,
+    "pregnant": 0.0,
 }
+DEFAULT_YES_RATE = 0.02
 GIVEN = (
     "Alder",
     "Brin",
@@ -465,7 +482,11 @@ class Generator:
                         "valueInteger": _weighted_int(rng, (0, 1, 2, 3, 4, 5, 7), (4, 3, 3, 2, 2, 1, 1))
                     }
                 else:
-                    yes = pregnant if link_id == "pregnant" else rng.random() < YES_RATES.get(link_id, 0.3)
+                    yes = (
+                        pregnant
+                        if link_id == "pregnant"
+                        else rng.random() < YES_RATES.get(link_id, DEFAULT_YES_RATE)
+                    )
                     if coded:
                         answer = {"valueCoding": {"system": V2_0136, "code": "Y" if yes else "N"}}
                     else:

@@ -133,9 +133,18 @@ def test_worklist_equals_evaluating_each_patients_bundle(
     assert "patients read: 80" in result.stderr
 
 
-def test_every_topic_occurs_and_the_summary_counts_them(export: Path, tmp_path: Path, pack: RulePack) -> None:
+def test_every_topic_occurs_and_the_summary_counts_them(tmp_path: Path, pack: RulePack) -> None:
+    write_export(
+        tmp_path / "export",
+        patients=400,
+        seed=12,
+        pack=pack,
+        templates=load_templates(FIXTURES),
+        source="test",
+        background=0,
+    )
     out = tmp_path / "w.csv"
-    result = screen(export, "--now", NOW, "--out", out, "--workers", "1", "--no-progress")
+    result = screen(tmp_path / "export", "--now", NOW, "--out", out, "--workers", "1", "--no-progress")
     assert result.exit_code == 0, result.output
     with out.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -144,7 +153,7 @@ def test_every_topic_occurs_and_the_summary_counts_them(export: Path, tmp_path: 
     for topic in pack.topics:
         count = sum(topic in row["topics"].split("; ") for row in rows)
         assert f"  {topic}: {count}\n" in result.stderr
-    without = 80 - len(rows)
+    without = 400 - len(rows)
     assert f"with cards: {len(rows)}; without cards: {without}; errors: 0" in result.stderr
     assert all(row["pack_version"] == pack.version for row in rows)
     assert all(row["status"] == "cards" for row in rows)
