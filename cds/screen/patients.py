@@ -17,11 +17,13 @@ import orjson
 from cds.errors import CdsError
 from cds.evaluation import Evaluator
 from cds.fhirvalues import reference_key
+from cds.hooks import QUESTIONNAIRE_PATH, questionnaire_notice
 from cds.intake import load_json
 from cds.screen.routing import Problem
 from cds.screen.worklist import card_row
 
 Entry = tuple[str, Mapping[str, Any], str]
+QUESTIONNAIRE_URL = "http://127.0.0.1:8000" + QUESTIONNAIRE_PATH  # the link is not part of a worklist row
 SEPARATOR = b"\t"
 
 
@@ -92,9 +94,13 @@ def screen_patient(
         return Problem(
             where=None, message=f"internal error ({type(exc).__name__})", patient=patient
         ).as_json()
-    if not result.cards:
+    # As `cds evaluate` of a Bundle and the cramp-assessment service answer: a patient on calcium with no
+    # answers and no cramp Condition gets the notice asking for the questionnaire.
+    notice = questionnaire_notice(result, evaluator.pack, url=QUESTIONNAIRE_URL, new_id=evaluator.new_id)
+    cards = [*result.cards, *([notice] if notice else [])]
+    if not cards:
         return None
-    return card_row(patient, result.cards, evaluator.pack.version)
+    return card_row(patient, cards, evaluator.pack.version)
 
 
 def _referred_medications(entries: list[Entry], medications: Mapping[str, tuple[str, bytes]]) -> list[Entry]:
