@@ -35,6 +35,8 @@ SNOMED = "http://snomed.info/sct"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 V2_0136 = "http://terminology.hl7.org/CodeSystem/v2-0136"
 INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+DATA_ABSENT = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
+UNREADABLE_RATE = 0.015  # results without a value or in a unit no lab uses for the analyte
 PATIENTS_PER_SPILL = 1000  # lines of about this many patients are shuffled in memory at once
 DEFAULT_BACKGROUND = 60  # background resources kept per patient from its template (-1: all)
 
@@ -327,6 +329,14 @@ class Generator:
             shown = round(value * factor, lab.decimals + (1 if factor != 1.0 else 0))
             observation = _observation(self.uuid(), code, subject, self._when(), rng)
             observation["valueQuantity"] = {"value": shown, "unit": unit, "system": UCUM, "code": unit}
+            if rng.random() < UNREADABLE_RATE:  # a result the rules cannot read: no value, or a stray unit
+                if rng.random() < 0.5:
+                    del observation["valueQuantity"]
+                    observation["dataAbsentReason"] = {"coding": [{"system": DATA_ABSENT, "code": "error"}]}
+                else:
+                    observation["valueQuantity"] = {"value": shown, "unit": "mg"}
+                out.append(observation)
+                continue
             if lab.low is not None and lab.high is not None and rng.random() < 0.5:
                 observation["referenceRange"] = [
                     {
