@@ -2,13 +2,17 @@
 
 `given` keys (all optional):
     age: 52 | null                       Patient.birthDate set so the age at `now` is this (null: no birthDate)
+    birth_date: "1981" | "1981-07"       Patient.birthDate exactly as given (partial dates), instead of age
     answers: {linkId: true|false|int}    one completed QuestionnaireResponse, nested in a group
     labs: {analyte: value | {value, unit, months_ago, days_ago, interpretation, range: [low, high],
            comparator, coded: positive|negative, coded_as: {system, code}} | [several of these]}
                                          one final Observation each (default: 1 month ago); `value: null`
                                          sends no value, `coded_as` a code the pack does not know
-    conditions: [group | {group, months_ago, status, verification, code}]
-    medications: [group | {group, as: statement, status, text_only, code, text}]
+    conditions: [group | {group, months_ago, status, verification, code, recorded_days_ago}]
+    responses: [{answers: {...}, days_ago | months_ago, questionnaire: url | null}]
+                                         further QuestionnaireResponses (default: to ours, 1 day ago);
+                                         `questionnaire: null` names none
+    medications: [group | {group, as: statement, status, intent, do_not_perform, text_only, code, text}]
                                          `code`: that code of the group's system, sent with no display;
                                          `text`: only this text, no coding
 """
@@ -52,7 +56,9 @@ def build_case_bundle(pack: RulePack, given: dict[str, Any], now: datetime) -> d
 
     patient: dict[str, Any] = {"resourceType": "Patient", "id": "case-patient", "gender": "female"}
     age = given.get("age", 40)
-    if age is not None:
+    if "birth_date" in given:  # as sent, partial dates included ("1981", "1981-07")
+        patient["birthDate"] = str(given["birth_date"])
+    elif age is not None:
         born = subtract_months(now, 12 * int(age)) - timedelta(days=1)
         patient["birthDate"] = born.date().isoformat()
     entries.append({"fullUrl": PATIENT_URL, "resource": patient})
@@ -74,6 +80,18 @@ def build_case_bundle(pack: RulePack, given: dict[str, Any], now: datetime) -> d
     answers = given.get("answers", {})
     if answers:
         add(_questionnaire_response(pack, answers, now, subject))
+    for index, spec in enumerate(given.get("responses", [])):
+        add(
+            _questionnaire_response(
+                pack,
+                spec["answers"],
+                now,
+                subject,
+                when={k: v for k, v in spec.items() if k in ("days_ago", "months_ago")},
+                questionnaire=spec.get("questionnaire", ""),
+                rid=f"answers-{index + 1}",
+            )
+        )
     return {"resourceType": "Bundle", "type": "collection", "entry": entries}
 
 
@@ -140,9 +158,10 @@ def _condition(
 ) -> dict[str, Any]:
     valueset = pack.valuesets.conditions[spec["group"]]
     if "code" in spec:
+        bare = str(spec["code"]).replace(".", "")  # ICD-10-CM codes may come without their dot (I872)
         system = next(
-            (c.system for c in valueset.codes if c.code == spec["code"]),
-            next((p.system for p in valueset.prefixes if str(spec["code"]).startswith(p.prefix)), None),
+            (c.system for c in valueset.codes if c.code.replace(".", "") == bare),
+            next((p.system for p in valueset.prefixes if bare.startswith(p.prefix.replace(".", ""))), None),
         )
         if system is None:
             raise ValueError(f"code {spec['code']!r} is not in condition group {spec['group']!r}")
@@ -178,6 +197,8 @@ def _condition(
     onset = _when(spec, now, default_months=24)
     if onset is not None:
         condition["onsetDateTime"] = onset
+    if "recorded_days_ago" in spec:
+        condition["recordedDate"] = _when({"days_ago": spec["recorded_days_ago"]}, now)
     return condition
 
 
@@ -206,7 +227,8 @@ def _medication(
         "resourceType": "MedicationRequest",
         "id": f"medication-{index}",
         "status": spec.get("status", "active"),
-        "intent": "order",
+        "intent": spec.get("intent", "order"),
+        **({"doNotPerform": True} if spec.get("do_not_perform") else {}),
         "medicationCodeableConcept": concept,
         "subject": subject,
         "authoredOn": _when({}, now, default_months=2),
@@ -214,22 +236,32 @@ def _medication(
 
 
 def _questionnaire_response(
-    pack: RulePack, answers: dict[str, Any], now: datetime, subject: dict[str, Any]
+    pack: RulePack,
+    answers: dict[str, Any],
+    now: datetime,
+    subject: dict[str, Any],
+    *,
+    when: dict[str, Any] | None = None,
+    questionnaire: str | None = "",
+    rid: str = "answers",
 ) -> dict[str, Any]:
     items = []
     for link_id, value in answers.items():
         kind = pack.question_types[link_id]
         answer = {"valueBoolean": bool(value)} if kind == "boolean" else {"valueInteger": int(value)}
         items.append({"linkId": link_id, "answer": [answer]})
-    return {
+    response: dict[str, Any] = {
         "resourceType": "QuestionnaireResponse",
-        "id": "answers",
-        "questionnaire": pack.questionnaire_url,
+        "id": rid,
+        "questionnaire": pack.questionnaire_url if questionnaire == "" else questionnaire,
         "status": "completed",
         "subject": subject,
-        "authored": _when({"days_ago": 1}, now),
-        "item": [{"linkId": "case-group", "item": items}],
+        "authored": _when(when or {"days_ago": 1}, now),
+        "item": [{"linkId": "group-cramps", "item": items}],
     }
+    if response["questionnaire"] is None:
+        del response["questionnaire"]
+    return response
 
 
 def run_case(evaluator: Evaluator, rule: RuleSpec, case: CaseSpec) -> CaseResult:

@@ -31,13 +31,19 @@ def build_facts(record: PatientRecord, pack: RulePack) -> FactSet:
     """One patient fact, one lab fact per analyte (band "none" when there is no recent result), one fact
     per matched condition, medication and answer."""
     out = FactSet()
-    patient: Fact = {
-        "type": "patient",
-        "label": f"age {record.age}" if record.age is not None else "age unknown",
-        "age_known": record.age is not None,
-    }
-    if record.age is not None:
-        patient["age"] = record.age
+    age = record.age
+    label = f"age {age}" if age is not None else "age unknown"
+    if age is not None and record.age_max is not None and record.age_max != age:
+        # A partial birthDate: the youngest possible age is certain, unless some rule's age boundary
+        # lies between the youngest and oldest possible age; then no age is certain enough to use.
+        if any(_decides_differently(term, age, record.age_max) for term in _age_terms(pack)):
+            label = f"age unknown ({age} or {record.age_max}: partial birth date)"
+            age = None
+        else:
+            label = f"age {age} (at least; partial birth date)"
+    patient: Fact = {"type": "patient", "label": label, "age_known": age is not None}
+    if age is not None:
+        patient["age"] = age
     out.add(patient, (record.patient_key,) if record.patient_key else ())
 
     for name, analyte in pack.analytes.items():
@@ -106,3 +112,39 @@ def build_facts(record: PatientRecord, pack: RulePack) -> FactSet:
                 (answer.ref,),
             )
     return out
+
+
+COMPARE = {
+    "$lt": lambda a, b: a < b,
+    "$lte": lambda a, b: a <= b,
+    "$gt": lambda a, b: a > b,
+    "$gte": lambda a, b: a >= b,
+    "$neq": lambda a, b: a != b,
+}
+
+
+def _age_terms(pack: RulePack) -> list[tuple[str, float]]:
+    """Every comparison a rule makes on the patient's age: (operator, operand)."""
+    found: list[tuple[str, float]] = []
+    for rule in pack.compiled:
+        for pattern in rule.patterns:
+            terms = pattern.get("$and", [])
+            if {"type": "patient"} not in terms:
+                continue
+            for term in terms:
+                for op, operand in term.items():
+                    if isinstance(operand, dict) and "age" in operand:
+                        found.append((op, operand["age"]))
+                    elif op == "age":
+                        found.append(("$eq", operand))
+    return found
+
+
+def _decides_differently(term: tuple[str, float], youngest: int, oldest: int) -> bool:
+    op, bound = term
+    if op == "$eq":
+        return youngest <= bound <= oldest
+    compare = COMPARE.get(op)
+    return compare is not None and any(
+        compare(a, bound) != compare(youngest, bound) for a in range(youngest, oldest + 1)
+    )

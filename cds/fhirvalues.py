@@ -119,6 +119,23 @@ def whole_months_between(earlier: datetime, later: datetime) -> int:
     return months
 
 
+def months_back(earlier: datetime, now: datetime) -> int:
+    """The smallest window in months, counted as evidence windows are (from the start of the day
+    `months` calendar months before `now`), that holds `earlier`: a result or onset counts as within
+    N months exactly when months_back(...) <= N, the same for observations, conditions and answers.
+
+        >>> now = datetime(2026, 6, 1, 23, 59, tzinfo=UTC)
+        >>> months_back(datetime(2025, 8, 1, tzinfo=UTC), now), months_back(datetime(2025, 7, 31, tzinfo=UTC), now)
+        (10, 11)
+    """
+    months = max(whole_months_between(earlier, now), 0)
+    while months > 0 and earlier >= start_of_day(subtract_months(now, months - 1)):
+        months -= 1
+    while earlier < start_of_day(subtract_months(now, months)):
+        months += 1
+    return months
+
+
 def age_in_years(birth: date, on: date) -> int:
     years = on.year - birth.year
     if (on.month, on.day) < (birth.month, birth.day):

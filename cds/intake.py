@@ -62,15 +62,24 @@ READ_FIELDS: Final[dict[str, frozenset[str]]] = {
             "referenceRange",
         }
     ),
-    "Condition": frozenset({"id", "clinicalStatus", "verificationStatus", "code", "subject", "onset*"}),
-    "MedicationRequest": frozenset({"id", "status", "intent", "medication*", "subject", "contained"}),
+    "Condition": frozenset(
+        {"id", "clinicalStatus", "verificationStatus", "code", "subject", "onset*", "recordedDate"}
+    ),
+    "MedicationRequest": frozenset(
+        {"id", "status", "intent", "doNotPerform", "medication*", "subject", "contained"}
+    ),
     "MedicationStatement": frozenset({"id", "status", "medication*", "subject", "contained"}),
     "QuestionnaireResponse": frozenset(
         {"id", "meta", "status", "questionnaire", "subject", "authored", "item"}
     ),
     "Medication": frozenset({"id", "code"}),
 }
-_EXACT = {kind: frozenset(f for f in fields if not f.endswith("*")) for kind, fields in READ_FIELDS.items()}
+# Modifier elements are always kept, so that the record can honour or refuse them (cds/record/modifiers.py).
+MODIFIER_FIELDS: Final = frozenset({"modifierExtension"})
+_EXACT = {
+    kind: frozenset(f for f in fields if not f.endswith("*")) | MODIFIER_FIELDS
+    for kind, fields in READ_FIELDS.items()
+}
 _CHOICE = {kind: tuple(f[:-1] for f in fields if f.endswith("*")) for kind, fields in READ_FIELDS.items()}
 
 

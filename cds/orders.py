@@ -89,6 +89,7 @@ def calcium_drafts(draft_orders: Any, vs: MedicationSet, *, patient_id: str) -> 
         # client's draft nested a few hundred deep ran out of stack (a 500).
         active = dict(resource)
         active["status"] = "active"
+        active["intent"] = "order"  # a draft may be a proposal; signed, it is the order
         active.setdefault("subject", {"reference": f"Patient/{patient_id}"})
         found.append((where, active, full_url))
     if found:

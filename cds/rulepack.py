@@ -26,6 +26,7 @@ M = TypeVar("M", bound=BaseModel)
 Source = Literal["V", "C", "U"]
 Indicator = Literal["info", "warning", "critical"]
 INDICATOR_RANK: dict[str, int] = {"info": 0, "warning": 1, "critical": 2}
+ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 QUESTIONNAIRE_UNIT = "http://hl7.org/fhir/StructureDefinition/questionnaire-unit"
 OPERATORS = {"lt": "$lt", "lte": "$lte", "gt": "$gt", "gte": "$gte", "ne": "$neq"}
 
@@ -273,6 +274,18 @@ class PackManifest(_Model):
     findings: str
     topics: tuple[str, ...] = Field(min_length=1)
     case_now: str
+    # How many months a questionnaire answer counts (by QuestionnaireResponse.authored): `default`, and
+    # per linkId where an item needs another window. Reasons are given in pack.yaml.
+    answer_windows: dict[str, int] = Field(default_factory=lambda: {"default": 12})
+
+    @field_validator("answer_windows")
+    @classmethod
+    def _has_default(cls, windows: dict[str, int]) -> dict[str, int]:
+        if "default" not in windows:
+            raise ValueError("answer_windows needs a `default`")
+        if any(not 1 <= months <= 120 for months in windows.values()):
+            raise ValueError("answer windows are 1 to 120 months")
+        return windows
 
 
 @dataclass(frozen=True)
@@ -342,6 +355,24 @@ class RulePack:
         walk(self.questionnaire.get("item", ()))
         return found
 
+    def answer_window(self, link_id: str) -> int:
+        """Months an answer to `link_id` counts."""
+        windows = self.manifest.answer_windows
+        return windows.get(link_id, windows["default"])
+
+    @cached_property
+    def link_ids(self) -> frozenset[str]:
+        """Every linkId of the Questionnaire, groups included."""
+        found: set[str] = set()
+
+        def walk(items: Sequence[Mapping[str, Any]]) -> None:
+            for item in items:
+                found.add(str(item["linkId"]))
+                walk(item.get("item", ()))
+
+        walk(self.questionnaire.get("item", ()))
+        return frozenset(found)
+
     @cached_property
     def question_units(self) -> dict[str, str]:
         """linkId -> how a number answer is read ("a week"), from the questionnaire-unit extension."""
@@ -366,12 +397,14 @@ class RulePack:
     def condition_index(
         self,
     ) -> tuple[dict[tuple[str, str], tuple[str, ...]], tuple[tuple[str, str, str], ...]]:
-        """(system, code) -> condition groups, and (system, prefix, group) for ICD-10-CM families."""
+        """(system, code) -> condition groups, and (system, prefix, group) for ICD-10-CM families.
+        ICD-10-CM codes are keyed without their dot, in upper case (see cds.record.codes.icd_key)."""
         exact: dict[tuple[str, str], tuple[str, ...]] = {}
         prefixes: list[tuple[str, str, str]] = []
         for group, vs in self.valuesets.conditions.items():
             for c in vs.codes:
-                exact[(c.system, c.code)] = (*exact.get((c.system, c.code), ()), group)
+                key = (c.system, c.code.replace(".", "").upper() if c.system == ICD10CM else c.code)
+                exact[key] = (*exact.get(key, ()), group)
             prefixes.extend((p.system, p.prefix, group) for p in vs.prefixes)
         return exact, tuple(prefixes)
 
@@ -467,6 +500,13 @@ def load_rule_pack(root: Path) -> RulePack:
         topics=topics,
         questionnaire=questionnaire,
     )
+    for link_id in manifest.answer_windows:
+        if link_id != "default" and link_id not in pack.question_types:
+            raise RulePackError(
+                f"unknown linkId {link_id!r}",
+                resource=_display_path(manifest_path, root),
+                field=f"answer_windows.{link_id}",
+            )
     compiled = _compile(pack)
     return dataclasses.replace(pack, compiled=compiled)
 

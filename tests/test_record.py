@@ -1016,8 +1016,11 @@ def test_ghp_bundle_without_patient_reads_its_subject(evaluator: Evaluator) -> N
     [
         pytest.param("1981-06-01", 45, id="45th-birthday-today"),
         pytest.param("1981-06-02", 44, id="45th-birthday-tomorrow"),
-        pytest.param("1980", 46, id="year-only"),
+        # A partial date gives the certain age: the youngest possible (born on its last day).
+        pytest.param("1980", 45, id="year-only-45-or-46"),
+        pytest.param("1981", 44, id="year-only-44-or-45"),
         pytest.param("1981-07", 44, id="year-month"),
+        pytest.param("1981-05", 45, id="year-month-before-birthday"),
         pytest.param(None, None, id="no-birth-date"),
     ],
 )
@@ -1218,7 +1221,9 @@ def test_latest_completed_or_amended_response_wins(evaluator: Evaluator) -> None
     )
 
 
-def test_only_the_latest_response_is_read(evaluator: Evaluator) -> None:
+def test_newest_answer_per_item_wins(evaluator: Evaluator) -> None:
+    """Per item the newest answer in its window counts (issue 8 class 7); an item the newest response
+    leaves unanswered keeps its older answer (pregnant: 3 months old, inside its 10-month window)."""
     old = questionnaire_response(
         [item("cramp-frequency", valueInteger=5), item("pregnant", valueBoolean=True)],
         qid="old",
@@ -1226,7 +1231,8 @@ def test_only_the_latest_response_is_read(evaluator: Evaluator) -> None:
     )
     new = questionnaire_response([item("cramp-frequency", valueInteger=2)], qid="new", authored=months_ago(1))
     answers = run(evaluator, bundle(old, new)).record.answers
-    assert set(answers) == {"cramp-frequency"}
+    assert (answers["cramp-frequency"].value, answers["cramp-frequency"].ref) == (2, "QuestionnaireResponse/new")
+    assert (answers["pregnant"].value, answers["pregnant"].ref) == (True, "QuestionnaireResponse/old")
 
 
 def test_in_progress_response_alone_gives_no_answers(evaluator: Evaluator) -> None:
@@ -1252,12 +1258,27 @@ def test_response_to_another_questionnaire_ignored_with_note(evaluator: Evaluato
     [
         pytest.param(QUESTIONNAIRE, id="canonical"),
         pytest.param(QUESTIONNAIRE + "|1.0.0", id="versioned"),
-        pytest.param("http://other.example.org/Questionnaire/copy", id="other-url-with-our-link-ids"),
+        pytest.param(QUESTIONNAIRE + "|2.0.0", id="other-version"),
     ],
 )
-def test_response_accepted_by_url_or_link_ids(evaluator: Evaluator, url: str) -> None:
+def test_response_accepted_by_canonical_url(evaluator: Evaluator, url: str) -> None:
     qr = questionnaire_response([item("cramp-frequency", valueInteger=2)], questionnaire=url)
     assert run(evaluator, bundle(qr)).record.answers["cramp-frequency"].value == 2
+
+
+def test_other_questionnaire_sharing_our_link_ids_is_never_read(evaluator: Evaluator) -> None:
+    """Issue 8 class 11: a newer response to another questionnaire that shares linkIds must not replace ours."""
+    ours = questionnaire_response([item("cramp-frequency", valueInteger=2)], qid="ours", authored=months_ago(1))
+    other = questionnaire_response(
+        [item("pregnant", valueBoolean=False), item("cramp-frequency", valueInteger=0)],
+        qid="other",
+        questionnaire="http://other.example.org/Questionnaire/copy",
+        authored=months_ago(0),
+    )
+    result = run(evaluator, bundle(ours, other))
+    assert result.record.answers["cramp-frequency"].ref == "QuestionnaireResponse/ours"
+    assert "pregnant" not in result.record.answers
+    assert [n for n in notes_about(result, "QuestionnaireResponse/other") if "another questionnaire" in n]
 
 
 def test_pack_questionnaire_url_is_the_one_used_here(evaluator: Evaluator) -> None:

@@ -15,7 +15,9 @@ from cds.record.conditions import condition_wanted, read_condition
 from cds.record.labs import latest_observations, observation_wanted, read_labs
 from cds.record.medications import medication_wanted, read_medication
 from cds.record.model import Answer, Hit, LabResult, PatientRecord
-from cds.record.patient import age_of, find_patient, patient_key, subject_of
+from cds.record.modifiers import refuse_modifier_extensions
+from cds.record.patient import age_range, find_patient, patient_key, subject_of
+from cds.record.superseding import supersede
 from cds.rulepack import RulePack
 
 __all__ = [
@@ -41,8 +43,12 @@ def build_record(
 ) -> PatientRecord:
     """Reduce one submission's resources to the record of its one patient."""
     patient, aliases = find_patient(resources, patient_id)
+    ages = age_range(patient, now)
     record = PatientRecord(
-        patient_key=patient_key(patient, patient_id, aliases), age=age_of(patient, now), notes=list(notes)
+        patient_key=patient_key(patient, patient_id, aliases),
+        age=ages[0] if ages else None,
+        age_max=ages[1] if ages else None,
+        notes=list(notes),
     )
     by_url = {r.full_url: r for r in resources if r.full_url}
     by_key = {r.key: r for r in resources}
@@ -58,6 +64,8 @@ def build_record(
             record.notes.append(f"{resource.key} is about another patient; ignored")
         else:
             mine.append(resource)
+    for resource in (*mine, *(p for p in resources if p.type in {"Patient", "Medication"})):
+        refuse_modifier_extensions(resource)
 
     read_labs(record, [r for r in mine if r.type == "Observation"], pack, now)
     for resource in mine:
@@ -77,5 +85,6 @@ def build_record(
         record.notes.append(
             f"{', '.join(unused)}: no medication order or statement of this patient refers to it; ignored"
         )
-    read_answers(record, [r for r in mine if r.type == "QuestionnaireResponse"], pack)
+    read_answers(record, [r for r in mine if r.type == "QuestionnaireResponse"], pack, now)
+    supersede(record)
     return record

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from cds.fhirvalues import parse_fhir_datetime
+from cds.fhirvalues import is_after, parse_fhir_datetime, start_of_day, subtract_months
 from cds.intake import Resource
 from cds.record.model import Answer, PatientRecord
 from cds.rulepack import RulePack
 
 QR_STATUSES = frozenset({"completed", "amended"})
-EARLIEST = datetime(1, 1, 1, tzinfo=UTC)
 YES_NO_CODES = {
     ("http://terminology.hl7.org/CodeSystem/v2-0136", "Y"): True,
     ("http://terminology.hl7.org/CodeSystem/v2-0136", "N"): False,
@@ -21,36 +20,80 @@ YES_NO_CODES = {
 }
 
 
-def read_answers(record: PatientRecord, responses: Sequence[Resource], pack: RulePack) -> None:
+def read_answers(record: PatientRecord, responses: Sequence[Resource], pack: RulePack, now: datetime) -> None:
+    """Per item, the newest answer within the item's window, from responses to this service's
+    Questionnaire (its canonical URL, with or without `|version`).
+
+    A response naming another questionnaire is never read, even when it shares a linkId (`pregnant`).
+    A response naming no questionnaire is read only when no response in the submission names ours and
+    every item it answers is an item of ours; otherwise it is ignored. Each choice is noted.
+    """
     known = pack.question_types
+    ours_ids = pack.link_ids
     base_url = pack.questionnaire_url
-    candidates: list[tuple[datetime, Resource]] = []
+    named: list[Resource] = []
+    unnamed: list[Resource] = []
     for resource in responses:
         qr = resource.model
         if qr.status not in QR_STATUSES:
+            record.notes.append(f"{resource.key} has status {qr.status}; only completed answers count")
             continue
-        ours = str(qr.questionnaire or "").split("|")[0] == base_url
-        if not ours and not any(link in known for link in _link_ids(qr.item or [])):
-            record.notes.append(f"{resource.key} answers another questionnaire; ignored")
-            continue
-        when = (
-            parse_fhir_datetime(qr.authored)
-            or (parse_fhir_datetime(qr.meta.lastUpdated) if qr.meta is not None else None)
-            or EARLIEST
-        )
-        candidates.append((when, resource))
-    if not candidates:
-        return
-    _, latest = max(candidates, key=lambda pair: pair[0])
-    for item in _walk(latest.model.item or []):
-        kind = known.get(item.linkId)
-        if kind is None or not item.answer:
-            continue
-        value = _answer_value(item.answer[0], kind)
-        if value is None:
-            record.notes.append(f"{latest.key}: answer to {item.linkId} is not a {kind}; ignored")
-            continue
-        record.answers[item.linkId] = Answer(link_id=item.linkId, value=value, ref=latest.key)
+        canonical = str(qr.questionnaire or "")
+        if not canonical:
+            unnamed.append(resource)
+        elif canonical.split("|")[0] == base_url:
+            named.append(resource)
+        else:
+            record.notes.append(f"{resource.key} answers another questionnaire ({canonical}); ignored")
+    accepted = list(named)
+    for resource in unnamed:
+        answered = {item.linkId for item in _walk(resource.model.item or []) if item.answer}
+        if named:
+            record.notes.append(
+                f"{resource.key} names no questionnaire and responses to {base_url} exist; ignored"
+            )
+        elif answered and answered <= ours_ids:
+            record.notes.append(f"{resource.key} names no questionnaire; read because its items are ours")
+            accepted.append(resource)
+        else:
+            record.notes.append(f"{resource.key} names no questionnaire and answers items not ours; ignored")
+
+    dated: list[tuple[datetime, Resource]] = []
+    for resource in accepted:
+        qr = resource.model
+        raw = qr.authored if qr.authored is not None else (qr.meta.lastUpdated if qr.meta else None)
+        when = parse_fhir_datetime(raw)
+        if when is None:
+            record.notes.append(f"{resource.key} has no authored date; its answers are not counted as recent")
+        elif is_after(raw, now):
+            record.notes.append(f"{resource.key} is dated after the evaluation time; ignored")
+        else:
+            dated.append((when, resource))
+    # Newest first; responses at the same time in an order that does not depend on the entries' order.
+    dated.sort(key=lambda pair: (pair[0], pair[1].key), reverse=True)
+    stale: dict[str, tuple[datetime, str]] = {}
+    for when, resource in dated:
+        for item in _walk(resource.model.item or []):
+            kind = known.get(item.linkId)
+            if kind is None or not item.answer or item.linkId in record.answers:
+                continue
+            value = _answer_value(item.answer[0], kind)
+            if value is None:
+                record.notes.append(f"{resource.key}: answer to {item.linkId} is not a {kind}; ignored")
+                continue
+            months = pack.answer_window(item.linkId)
+            if when < start_of_day(subtract_months(now, months)):
+                stale.setdefault(item.linkId, (when, resource.key))
+                continue
+            record.answers[item.linkId] = Answer(
+                link_id=item.linkId, value=value, ref=resource.key, when=when
+            )
+    for link_id, (when, key) in stale.items():
+        if link_id not in record.answers:
+            record.notes.append(
+                f"{key}: the answer to {link_id} of {when.date().isoformat()} is older than "
+                f"{pack.answer_window(link_id)} months; not counted"
+            )
 
 
 def _link_ids(items: Sequence[Any]) -> Iterable[str]:

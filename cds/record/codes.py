@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from cds.rulepack import ICD10CM
+
 
 def raw_codings(concept: Any) -> list[tuple[Any, Any]]:
     """(system, code) pairs of unvalidated JSON; pairs that are not strings (so not hashable, and
@@ -39,8 +41,9 @@ def concept_text(concept: Any) -> str:
 
 
 def prefix_match(code: str, prefix: str) -> bool:
-    """ICD-10-CM families: `E03` matches E03, E03.9 and E039; `K90.0` matches itself and K90.0x."""
-    return code == prefix or code.startswith(prefix + ".") or (code.startswith(prefix) and "." not in prefix)
+    """ICD-10-CM families, dots ignored: `E03` matches E03, E03.9 and E039; `K90.0` matches K90.0, K900
+    and K90.0x."""
+    return code.replace(".", "").upper().startswith(prefix.replace(".", "").upper())
 
 
 def first_code(concept: Any) -> str | None:
@@ -49,11 +52,33 @@ def first_code(concept: Any) -> str | None:
     return str(concept.coding[0].code)
 
 
+SYSTEM_NAMES = {
+    "http://www.nlm.nih.gov/research/umls/rxnorm": "RxNorm",
+    "http://snomed.info/sct": "SNOMED CT",
+    "http://hl7.org/fhir/sid/icd-10-cm": "ICD-10-CM",
+    "http://hl7.org/fhir/sid/icd-10": "ICD-10",
+    "http://hl7.org/fhir/sid/ndc": "NDC",
+    "http://www.whocc.no/atc": "ATC",
+    "http://loinc.org": "LOINC",
+}
+
+
 def short(concept: Any, fallback: str) -> str:
+    """How a person reads a concept: its text, else a display, else its code system and code
+    (`RxNorm 198051`), else `fallback`."""
     if concept is not None:
         if concept.text:
             return str(concept.text)
         for coding in concept.coding or []:
             if coding.display:
                 return str(coding.display)
+        for coding in concept.coding or []:
+            if coding.code:
+                system = str(coding.system or "")
+                return f"{SYSTEM_NAMES.get(system, system or 'code')} {coding.code}"
     return fallback
+
+
+def icd_key(system: str | None, code: str) -> str:
+    """ICD-10-CM codes compared without the dot and in upper case (`I872` is `I87.2`); others as they are."""
+    return code.replace(".", "").strip().upper() if system == ICD10CM else code

@@ -6,9 +6,9 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from cds.fhirvalues import parse_fhir_datetime, whole_months_between
+from cds.fhirvalues import months_back, parse_fhir_datetime
 from cds.intake import Resource
-from cds.record.codes import concept_codes, first_code, prefix_match, raw_codings, short
+from cds.record.codes import concept_codes, first_code, icd_key, prefix_match, raw_codings, short
 from cds.record.model import Hit, PatientRecord
 from cds.rulepack import RulePack
 
@@ -18,12 +18,14 @@ REFUTED = frozenset({"refuted", "entered-in-error"})
 
 def condition_wanted(pack: RulePack) -> Any:
     """Pre-validation filter: does this raw Condition carry a code of some value set?"""
-    exact = {(c.system, c.code) for vs in pack.valuesets.conditions.values() for c in vs.codes}
+    exact = {
+        (c.system, icd_key(c.system, c.code)) for vs in pack.valuesets.conditions.values() for c in vs.codes
+    }
     prefixes = [(p.system, p.prefix) for vs in pack.valuesets.conditions.values() for p in vs.prefixes]
 
     def wanted(resource: Mapping[str, Any]) -> bool:
         for system, code in raw_codings(resource.get("code")):
-            if (system, code) in exact:
+            if isinstance(code, str) and (system, icd_key(system, code)) in exact:
                 return True
             if isinstance(code, str) and any(system == s and prefix_match(code, p) for s, p in prefixes):
                 return True
@@ -36,8 +38,11 @@ def read_condition(record: PatientRecord, resource: Resource, pack: RulePack, no
     cond = resource.model
     clinical = first_code(cond.clinicalStatus)
     verification = first_code(cond.verificationStatus)
-    if clinical not in ACTIVE_CONDITION or verification in REFUTED:
+    if verification in REFUTED:
+        record.notes.append(f"{resource.key} is {verification}; not counted")
         return
+    if clinical not in ACTIVE_CONDITION:
+        return  # resolved, inactive or in remission: history, not a current condition
     codes = concept_codes(cond.code)
     onset = (
         parse_fhir_datetime(cond.onsetDateTime)
@@ -49,11 +54,14 @@ def read_condition(record: PatientRecord, resource: Resource, pack: RulePack, no
     for system, code, _ in codes:
         if system is None or code is None:
             continue
-        groups.update(dict.fromkeys(exact.get((system, code), ())))
+        groups.update(dict.fromkeys(exact.get((system, icd_key(system, code)), ())))
         groups.update(dict.fromkeys(g for s, p, g in prefixes if s == system and prefix_match(code, p)))
     if not groups:
         return
-    months = whole_months_between(onset, now) if onset is not None else None
+    months = months_back(onset, now) if onset is not None else None
     display = short(cond.code, "condition")
+    when = onset or parse_fhir_datetime(cond.recordedDate)
     for group in groups:
-        record.conditions.append(Hit(group=group, ref=resource.key, display=display, onset_months=months))
+        record.conditions.append(
+            Hit(group=group, ref=resource.key, display=display, onset_months=months, when=when)
+        )

@@ -38,7 +38,9 @@ def read_medication(
     by_key: Mapping[str, Resource],
 ) -> None:
     med = resource.model
-    if med.status != "active":
+    why_not = _not_taken(resource)
+    if why_not is not None:
+        record.notes.append(f"{resource.key} {why_not}; not counted as an active medication")
         return
     concept = med.medicationCodeableConcept
     if concept is None and med.medicationReference is not None:
@@ -57,11 +59,37 @@ def read_medication(
                 "matched on its display text only"
             )
             named = str(med.medicationReference.display or "")
-            _match_medication(record, resource, pack, [], named, named or "medication")
+            _match_medication(
+                record, resource, pack, [], named, named or f"medication {target or '(no reference)'}"
+            )
             return
     _match_medication(
-        record, resource, pack, concept_codes(concept), concept_text(concept), short(concept, "medication")
+        record,
+        resource,
+        pack,
+        concept_codes(concept),
+        concept_text(concept),
+        short(concept, "medication without name or code"),
     )
+
+
+# FHIR R4 MedicationRequest.intent values that are an order to give the drug; `proposal`, `plan`,
+# `directive` and `option` are not (yet) orders. http://hl7.org/fhir/R4/valueset-medicationrequest-intent.html
+ORDER_INTENTS = frozenset({"order", "original-order", "reflex-order", "filler-order", "instance-order"})
+
+
+def _not_taken(resource: Resource) -> str | None:
+    """Why an order or statement does not say the patient takes the drug now (FHIR modifier elements:
+    status, intent, doNotPerform), or None when it does."""
+    med = resource.model
+    if med.status != "active":
+        return f"has status {med.status}"
+    if resource.type == "MedicationRequest":
+        if getattr(med, "doNotPerform", None):
+            return "says doNotPerform (an order NOT to give the drug)"
+        if med.intent not in ORDER_INTENTS:
+            return f"has intent {med.intent} (not an order)"
+    return None
 
 
 def _match_medication(

@@ -43,6 +43,7 @@ class Hit:
     ref: str
     display: str
     onset_months: int | None = None
+    when: datetime | None = None  # onset, else when recorded: what newer evidence is compared with
 
 
 @dataclass(frozen=True)
@@ -50,12 +51,14 @@ class Answer:
     link_id: str
     value: bool | int
     ref: str
+    when: datetime | None = None  # QuestionnaireResponse.authored
 
 
 @dataclass
 class PatientRecord:
     patient_key: str | None
-    age: int | None
+    age: int | None  # the certain (youngest possible) age; see age_max
+    age_max: int | None = None  # the oldest possible age: above `age` only for a partial birthDate
     labs: dict[str, LabResult] = field(default_factory=dict)
     conditions: list[Hit] = field(default_factory=list)
     medications: list[Hit] = field(default_factory=list)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from calendar import monthrange
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import date, datetime
 
 from cds.errors import PatientError
 from cds.fhirvalues import age_in_years, parse_fhir_datetime, reference_key
@@ -57,9 +58,34 @@ def subject_of(resource: Resource) -> str | None:
     return str(value) if value else None
 
 
-def age_of(patient: Resource | None, now: datetime) -> int | None:
-    """Whole years at `now` from Patient.birthDate; None without one."""
+def age_range(patient: Resource | None, now: datetime) -> tuple[int, int] | None:
+    """(youngest, oldest) possible age in whole years at `now`; None without a birthDate.
+
+    A partial birthDate says less: `1981` may be any day of 1981, `1981-07` any day of July 1981. The
+    youngest possible age is the certain one (born on the last possible day).
+
+        >>> from datetime import UTC
+        >>> now = datetime(2026, 6, 1, tzinfo=UTC)
+        >>> _range_of("1981", now), _range_of("1981-07", now), _range_of("1981-05-31", now)
+        ((44, 45), (44, 44), (45, 45))
+    """
     if patient is None or patient.model.birthDate is None:
         return None
-    born = parse_fhir_datetime(patient.model.birthDate)
-    return age_in_years(born.date(), now.date()) if born is not None else None
+    return _range_of(patient.model.birthDate, now)
+
+
+def _range_of(value: object, now: datetime) -> tuple[int, int] | None:
+    if isinstance(value, date):
+        age = age_in_years(value, now.date())
+        return age, age
+    text = str(value)
+    earliest = parse_fhir_datetime(text)
+    if earliest is None:
+        return None
+    if len(text) == 4:  # YYYY
+        latest = date(earliest.year, 12, 31)
+    elif len(text) == 7:  # YYYY-MM
+        latest = date(earliest.year, earliest.month, monthrange(earliest.year, earliest.month)[1])
+    else:
+        latest = earliest.date()
+    return age_in_years(latest, now.date()), age_in_years(earliest.date(), now.date())
