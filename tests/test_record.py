@@ -1231,7 +1231,10 @@ def test_newest_answer_per_item_wins(evaluator: Evaluator) -> None:
     )
     new = questionnaire_response([item("cramp-frequency", valueInteger=2)], qid="new", authored=months_ago(1))
     answers = run(evaluator, bundle(old, new)).record.answers
-    assert (answers["cramp-frequency"].value, answers["cramp-frequency"].ref) == (2, "QuestionnaireResponse/new")
+    assert (answers["cramp-frequency"].value, answers["cramp-frequency"].ref) == (
+        2,
+        "QuestionnaireResponse/new",
+    )
     assert (answers["pregnant"].value, answers["pregnant"].ref) == (True, "QuestionnaireResponse/old")
 
 
@@ -1268,7 +1271,9 @@ def test_response_accepted_by_canonical_url(evaluator: Evaluator, url: str) -> N
 
 def test_other_questionnaire_sharing_our_link_ids_is_never_read(evaluator: Evaluator) -> None:
     """Issue 8 class 11: a newer response to another questionnaire that shares linkIds must not replace ours."""
-    ours = questionnaire_response([item("cramp-frequency", valueInteger=2)], qid="ours", authored=months_ago(1))
+    ours = questionnaire_response(
+        [item("cramp-frequency", valueInteger=2)], qid="ours", authored=months_ago(1)
+    )
     other = questionnaire_response(
         [item("pregnant", valueBoolean=False), item("cramp-frequency", valueInteger=0)],
         qid="other",
