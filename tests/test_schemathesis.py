@@ -33,10 +33,13 @@ from tests.support.api import NOW, Api, Issuer, running, secure_settings
 from tests.support.figures import record_figures
 
 SEED = 20260601
-# Per operation and generation phase; with the coverage phase's own boundary cases this gives a few
-# thousand requests over the two runs in well under a minute on loopback.
-MAX_EXAMPLES = 150
-JWT_MAX_EXAMPLES = 600  # the run that reaches the handlers gets the larger share
+# Per operation and generation phase; with the coverage phase's own boundary cases this gives about
+# 1,500 requests over the two runs. Each is a real HTTP call with a freshly signed ES384 token, and a
+# hook or /evaluate call runs the whole pipeline: at 600/150 (2,640 requests) this file took about
+# 450 s of a 17-minute parallel `make test` on a busy 2-core machine, the largest single share, so the
+# budgets were halved (issue 10: `make test` under 6 minutes). The seed stays fixed.
+MAX_EXAMPLES = 100
+JWT_MAX_EXAMPLES = 300  # the run that reaches the handlers gets the larger share
 CONFIG = schemathesis.Config.from_dict(
     {
         "seed": SEED,
@@ -162,6 +165,6 @@ def test_report_the_case_counts() -> None:
         print(f"  {name}: {statuses}")
     figures = {"cases": total, "cases_by_run": per_run, "statuses": operations, "seed": SEED}
     record_figures("schemathesis", figures)
-    assert total >= 2000
+    assert total >= 1200
     jwt_ok = {label for (run, label), c in TALLY.items() if run == "jwt" and c[200]}
     assert "POST /cds-services/{service_id}" in jwt_ok, "no hook call got through with a valid JWT"

@@ -331,7 +331,9 @@ def test_a_real_server_logs_no_token_jwt_or_patient_on_any_path(tmp_path: Path, 
         "CDS_TRUSTED_ISSUERS": str(issuer.write_trusted_issuers(tmp_path / "trusted.json")),
         "CDS_PUBLIC_BASE_URL": base,
         "CDS_LOG_LEVEL": "DEBUG",
-        "CDS_FHIR_BUDGET_SECONDS": "1",
+        # Nothing here waits for the budget to run out (the broken server answers an error at once),
+        # so it is roomy: 1 s was too little for fetching five keys under a loaded parallel run (a 412).
+        "CDS_FHIR_BUDGET_SECONDS": "10",
         "CDS_MAX_BODY_BYTES": "65536",
         "PYTHONUNBUFFERED": "1",
     }
