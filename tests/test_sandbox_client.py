@@ -10,11 +10,13 @@ to reach the internet.
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ from tests.support.api import (
     secure_settings,
 )
 from tests.support.jwks import JwksServer, jwks_server
+from tests.test_server import CDS, ROOT, free_port, wait_until_up
 
 SANDBOX = "https://sandbox.cds-hooks.org"
 SANDBOX_JKU = "https://sandbox.cds-hooks.org/.well-known/jwks.json"
@@ -166,3 +169,65 @@ def test_the_public_sandbox_keys_verify_online_when_reachable() -> None:
     except (httpx.HTTPError, ValueError, KeyError) as error:
         pytest.skip(f"the public sandbox's JWK Set cannot be read here ({type(error).__name__})")
     assert any(k.get("kty") == "EC" and k.get("crv") == "P-384" for k in keys)
+
+
+@pytest.mark.slow
+def test_the_sandbox_against_a_real_cds_serve_with_two_workers(
+    tmp_path: Path, sandbox: SandboxClient
+) -> None:
+    """`cds serve` as deployed (2 workers, JWT on, CDS_PUBLIC_BASE_URL set), the sandbox's real clock."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CDS_")}
+    env |= {
+        "CDS_DATABASE_URL": f"sqlite:///{tmp_path / 'cds.sqlite3'}",
+        "CDS_PATIENT_HASH_KEY": "a-real-secret-for-this-test",
+        "CDS_TRUSTED_ISSUERS": str(write_issuers(tmp_path / "trusted.json", {"jwks": sandbox.jwks()})),
+        "CDS_PUBLIC_BASE_URL": base,
+        "PYTHONUNBUFFERED": "1",
+    }
+    process = subprocess.Popen(
+        [str(CDS), "serve", "--port", str(port), "--workers", "2"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until_up(base, process)
+        with httpx.Client(base_url=base, timeout=30) as client:
+
+            def headers(path: str) -> dict[str, str]:
+                return {"Authorization": f"Bearer {sandbox.token(base + path, now=datetime.now(UTC))}"}
+
+            services = client.get("/cds-services", headers=headers("/cds-services"))
+            assert services.status_code == 200, services.text
+            view_path = "/cds-services/cramp-assessment"
+            view = client.post(view_path, json=hook_request(), headers=headers(view_path))
+            assert view.status_code == 200, view.text
+            order_path = "/cds-services/calcium-order-check"
+            order = client.post(
+                order_path, json=order_sign_request(medication=CALCIUM_CARBONATE), headers=headers(order_path)
+            )
+            assert order.status_code == 200, order.text
+            cards = view.json()["cards"] + order.json()["cards"]
+            assert cards
+            uuid_ = cards[0]["uuid"]
+            path = (
+                view_path if uuid_ in {c["uuid"] for c in view.json()["cards"]} else order_path
+            ) + "/feedback"
+            feedback = {
+                "feedback": [
+                    {"card": uuid_, "outcome": "accepted", "outcomeTimestamp": datetime.now(UTC).isoformat()}
+                ]
+            }
+            stored = client.post(path, json=feedback, headers=headers(path))
+            assert stored.status_code == 200, stored.text
+            # A replayed sandbox token is refused by whichever worker gets it.
+            replay = headers("/cds-services")
+            assert client.get("/cds-services", headers=replay).status_code == 200
+            assert client.get("/cds-services", headers=replay).status_code == 401
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
