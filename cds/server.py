@@ -16,6 +16,7 @@ from cds.logs import uvicorn_log_config
 from cds.settings import Settings
 
 LOOPBACK = "127.0.0.1"
+WORKER_HEALTHCHECK_SECONDS = 60
 
 
 def settings_from(overrides: Mapping[str, str]) -> Settings:
@@ -69,4 +70,8 @@ def run(settings: Settings) -> None:
         ws="none",
         lifespan="on",
         timeout_graceful_shutdown=10,
+        # uvicorn kills a worker that does not answer its supervisor's ping within this many seconds;
+        # its default (5 s) is shorter than a worker's start-up (importing the FHIR models and the
+        # rule pack) on a busy 2-core machine, where 2 workers were killed and respawned forever.
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
     )

@@ -294,3 +294,5 @@ def test_cds_serve_trusts_forwarded_headers_only_from_configured_proxies(
     server.run(secure_settings(tmp_path, issuer, trusted_proxies=("10.0.0.0/8", "192.0.2.7")))
     assert (seen[0]["proxy_headers"], seen[0]["forwarded_allow_ips"]) == (False, None)
     assert (seen[1]["proxy_headers"], seen[1]["forwarded_allow_ips"]) == (True, ["10.0.0.0/8", "192.0.2.7"])
+    # Workers that take long to start on a busy machine are not killed as hung (uvicorn's default: 5 s).
+    assert seen[0]["timeout_worker_healthcheck"] >= 30
