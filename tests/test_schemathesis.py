@@ -64,7 +64,7 @@ CHECKS = [
     negative_data_rejection,
 ]
 SERVICE_IDS = {"cramp-assessment": "patient-view", "calcium-order-check": "order-sign"}
-OPEN_ROUTES = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"})
+OPEN_ROUTES = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/questionnaire"})
 
 # (run, operation) -> status -> count; filled by the two runs, reported by test_report_the_case_counts.
 TALLY: dict[tuple[str, str], Counter[int]] = {}

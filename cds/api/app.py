@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cds.api import discovery, evaluate, feedback, health, problems, questionnaire, services
+from cds.api import discovery, evaluate, feedback, health, pages, problems, questionnaire, services
 from cds.api.catalog import build_catalog
 from cds.api.deps import Runtime, WriteGate
 from cds.api.middleware import BodyLimit, CatchAll, RequestLog
@@ -45,8 +45,8 @@ DEV_WARNING = (
 # How often queued cards and outage JWT ids are offered back to the store.
 FLUSH_INTERVAL_SECONDS = 0.5
 
-# Sent on every response. The API serves JSON only, so the CSP forbids everything; /docs is an HTML
-# page that loads Swagger UI from its CDN and gets a CSP that allows exactly that.
+# Sent on every response. The API serves JSON only, so the CSP forbids everything; the HTML pages
+# (/preview, /docs and their files under /static) get cds.api.pages.PAGE_CSP: their own files only.
 SECURITY_HEADERS: dict[bytes, bytes] = {
     b"x-content-type-options": b"nosniff",
     b"cache-control": b"no-store",  # cards and errors can carry PHI: never cached by a proxy or browser
@@ -55,12 +55,6 @@ SECURITY_HEADERS: dict[bytes, bytes] = {
     b"x-frame-options": b"DENY",
     b"cross-origin-resource-policy": b"same-origin",
 }
-DOCS_CSP = (
-    b"default-src 'none'; script-src 'unsafe-inline' https://cdn.jsdelivr.net; "
-    b"style-src 'unsafe-inline' https://cdn.jsdelivr.net; img-src data: https://fastapi.tiangolo.com; "
-    b"connect-src 'self'; frame-ancestors 'none'"
-)
-DOCS_PATHS = frozenset({"/docs", "/redoc", "/docs/oauth2-redirect"})
 
 
 class SecurityHeaders:
@@ -76,8 +70,8 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
         extra = dict(self.headers)
-        if scope.get("path") in DOCS_PATHS:
-            extra[b"content-security-policy"] = DOCS_CSP
+        if pages.is_page(scope.get("path", "")):
+            extra[b"content-security-policy"] = pages.PAGE_CSP
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -211,12 +205,15 @@ def create_app(
         version=evaluator.pack.version,
         summary="CDS Hooks 2.0 decision support: why muscle cramps persist after calcium supplements.",
         lifespan=lifespan,
+        docs_url=None,  # served by cds.api.pages from local files, not a CDN
+        redoc_url=None,
     )
     app.state.runtime = runtime
     problems.install(app)
-    routers = (discovery, services, feedback, evaluate, questionnaire, health)
+    routers = (discovery, services, feedback, evaluate, questionnaire, health, pages)
     for router in (module.router for module in routers):
         app.include_router(router)
+    pages.mount_static(app)
     # add_middleware wraps what is already there: the last one added sees the request first.
     app.add_middleware(CatchAll)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

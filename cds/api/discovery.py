@@ -21,7 +21,7 @@ router = APIRouter(tags=["CDS Hooks"])
 async def discover(runtime: RuntimeDep, client: ClientDep) -> JsonResponse:
     """Both services with their hook, prefetch templates and usage requirements.
 
-    The JWT is checked here too: the spec has the client send it on every request, and the issue asks
-    every CDS Hooks endpoint to require it (https://cds-hooks.hl7.org/2.0/#trusting-cds-clients).
+    The JWT is checked here too, as on every CDS Hooks endpoint: the spec has the client send it on every
+    request (https://cds-hooks.hl7.org/2.0/#trusting-cds-clients).
     """
     return JsonResponse({"services": [s.describe() for s in runtime.services.values()]})

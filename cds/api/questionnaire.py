@@ -29,7 +29,18 @@ class FhirJsonResponse(JsonResponse):
     QUESTIONNAIRE_PATH,
     summary="The cramp Questionnaire",
     response_class=FhirJsonResponse,
-    responses={200: {"content": {"application/fhir+json": {}, "text/html": {}}}},
+    response_model=None,
+    responses={
+        200: {
+            "description": "The Questionnaire (JSON), or its questions as a page when the client asks for HTML.",
+            "content": {
+                "application/fhir+json": {
+                    "schema": {"type": "object", "description": "FHIR R4 Questionnaire"}
+                },
+                "text/html": {"schema": {"type": "string"}},
+            },
+        }
+    },
 )
 async def questionnaire(request: Request, runtime: RuntimeDep) -> Response:
     """The rule pack's FHIR R4 Questionnaire (its `url` is the canonical that QuestionnaireResponses cite).
