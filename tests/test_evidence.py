@@ -12,7 +12,7 @@ from cds.cards import Trace, _summary, evidence_priority
 from cds.cases import build_case_bundle
 from cds.errors import FhirValidationError
 from cds.evaluation import Evaluation, Evaluator
-from tests.conftest import FROZEN_NOW
+from tests.conftest import FROZEN_NOW, load_fixture
 
 
 def bundle_of(evaluator: Evaluator, given: dict[str, Any]) -> dict[str, Any]:
@@ -115,6 +115,13 @@ def test_icd_10_cm_codes_match_without_their_dot(evaluator: Evaluator, group: st
     document = bundle_of(evaluator, {"conditions": [{"group": group, "code": code.upper()}]})
     resources(document, "Condition")[0]["code"]["coding"][0]["code"] = code
     assert [h.group for h in run(evaluator, document).record.conditions] == [group]
+
+
+def test_do_not_perform_ppi_fixture_counts_no_ppi(evaluator: Evaluator) -> None:
+    result = run(evaluator, load_fixture("ppi-do-not-perform.json"))
+    assert result.record.medications == [] or all(h.group != "ppi" for h in result.record.medications)
+    assert not {"calcium-absorption.ppi", "finding.on-ppi", "finding.magnesium-risk.ppi"} & set(result.fired)
+    assert notes_with(result, "doNotPerform")
 
 
 # --- questionnaire identity and answer windows ---------------------------------------------------------
