@@ -56,11 +56,12 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # The suite in parallel (pytest-xdist): one worker per core, each test file kept on one worker (module
-# fixtures start their servers once, and the figure-reporting tests see their whole file), and the 30
-# slowest tests listed at the end. PYTEST_ARGS=... adds options (for example PYTEST_ARGS='-n 0').
+# fixtures start their servers once, and the figure-reporting tests see their whole file), the slowest
+# files handed out first (tests/conftest.py SLOW_FILES_FIRST; xdist would order files by test count),
+# and the 30 slowest tests listed at the end. PYTEST_ARGS=... adds options (for example PYTEST_ARGS='-n 0').
 PYTEST_ARGS ?=
 unit: $(STAMP) chromium
-	$(BIN)/pytest -q -n auto --dist loadfile --durations=30 $(PYTEST_ARGS)
+	$(BIN)/pytest -q -n auto --dist loadfile --no-loadscope-reorder --durations=30 $(PYTEST_ARGS)
 
 # Browser tests (tests/support/browser.py) use Debian's chromium: installed here when missing and we are
 # root with apt-get; otherwise those tests skip and say why.
