@@ -198,6 +198,7 @@ def rules_compile(rules_dir: Path) -> None:
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path), default=Path("fixtures"))
 def demo(directory: Path) -> None:
     """Evaluate the example patients listed in DIRECTORY/manifest.json and print their cards."""
+    from cds.hooks import evaluate_document
     from cds.intake import load_json
 
     evaluator = load_evaluator(DEFAULT_RULES_DIR)
@@ -208,7 +209,9 @@ def demo(directory: Path) -> None:
     for item in manifest:
         now = parse_now(item["now"])
         try:
-            result = evaluator.evaluate_document(load_json((directory / item["file"]).read_bytes()), now=now)
+            document = load_json((directory / item["file"]).read_bytes())
+            # As `cds evaluate` answers: a hook request by the service for its hook.
+            result = evaluate_document(document, evaluator=evaluator, now=now, base_url=DEV_BASE_URL)
         except CdsError as exc:
             fail(f"{item['file']}: {exc}")
         click.secho(f"\n{item['file']}  ({item['title']}, evaluated {item['now']})", bold=True)
@@ -304,6 +307,65 @@ def serve(host: str | None, port: int | None, workers: int | None, dev: bool, no
         run(settings)
     except ValueError as exc:
         fail(str(exc))
+
+
+@main.command()
+@click.option("--aud", help="The exact URL the token is for, e.g. http://127.0.0.1:8000/cds-services.")
+@click.option(
+    "--trusted-issuers",
+    "print_issuers",
+    is_flag=True,
+    help="Print instead a trusted-issuers YAML naming this issuer (for CDS_TRUSTED_ISSUERS).",
+)
+@click.option("--iss", default=None, help="Issuer (default urn:cramp-cds:dev-issuer).")
+@click.option("--tenant", default=None, help="Optional tenant claim.")
+@click.option(
+    "--lifetime", type=click.IntRange(1, 3600), default=300, show_default=True, help="Seconds until exp."
+)
+@click.option(
+    "--key-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the issuer's key is kept (default var/dev-issuer; created on first use).",
+)
+def token(
+    aud: str | None,
+    print_issuers: bool,
+    iss: str | None,
+    tenant: str | None,
+    lifetime: int,
+    key_dir: Path | None,
+) -> None:
+    """Dev only: sign a CDS Hooks JWT (ES384) with a local test issuer's key, for a service with auth on.
+
+    Never trust this issuer in a real deployment: its key is a plain file on this machine.
+    """
+    from datetime import timedelta
+
+    import yaml
+
+    from cds.devissuer import DEV_ISSUER, load_or_create_key, mint, trusted_issuers_entry
+    from cds.settings import REPO_ROOT
+
+    try:
+        key = load_or_create_key(key_dir or REPO_ROOT / "var" / "dev-issuer")
+    except (OSError, ValueError) as exc:
+        fail(f"dev issuer key: {exc}")
+    if print_issuers:
+        document = trusted_issuers_entry(key, iss=iss or DEV_ISSUER)
+        click.echo("# Dev only: the local test issuer of `cds token`. Never in a real deployment.")
+        click.echo(yaml.safe_dump(document, sort_keys=False), nl=False)
+        return
+    if not aud:
+        fail("--aud URL is required: the exact URL the token will be sent to")
+    if not aud.startswith(("http://", "https://")):
+        fail(f"--aud must be the http(s) URL the token will be sent to, got {aud!r}")
+    now = datetime.now(UTC)
+    click.echo(
+        mint(
+            key, aud=aud, now=now, iss=iss or DEV_ISSUER, lifetime=timedelta(seconds=lifetime), tenant=tenant
+        )
+    )
 
 
 @main.group()
