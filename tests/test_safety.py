@@ -193,3 +193,20 @@ def test_product_and_brand_coded_ppis_count(evaluator: Evaluator, name: str) -> 
     fired = {r["rule"] for r in cards["calcium-absorption"]["extension"]["cramp-cds-explanation"]["rules"]}
     assert fired == {"calcium-absorption.ppi"}
     assert "calcium citrate" in cards["calcium-absorption"]["detail"]
+
+
+def test_order_sign_answers_with_every_safety_topic(pack: RulePack) -> None:
+    """A new safety topic must not silently vanish from calcium-order-check, where calcium is being added."""
+    from cds.hooks import CAUSE_TOPICS
+
+    assert set(CAUSE_TOPICS) <= set(pack.topics)
+    assert set(pack.topics) - CAUSE_TOPICS == {"lifestyle", "workup"}
+
+
+def test_every_critical_rule_mitigates_a_hazard(pack: RulePack) -> None:
+    from cds.hazards import hazards_by_rule, load_hazards
+
+    linked = hazards_by_rule(load_hazards(pack))
+    critical = [rule.id for rule in pack.rules_by_id.values() if rule.indicator == "critical"]
+    assert critical
+    assert [rule for rule in critical if rule not in linked] == []
