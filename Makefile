@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed-$(PYVER)
 # compiled with the macro mapping it to PyObject_CallObject (same semantics), without pip's wheel cache.
 DURABLE_313_CPPFLAGS := -DPyEval_CallObject=PyObject_CallObject
 
-.PHONY: install run test lint typecheck unit bench soak fuzz clean goldens book docs python
+.PHONY: install run test lint typecheck unit bench soak fuzz clean goldens spark-test book docs python
 
 install: $(STAMP)
 
@@ -80,6 +80,7 @@ clean:
 bench: $(STAMP)
 	@command -v hey >/dev/null || { echo "make bench: installing the load tool hey (apt-get)"; apt-get install -y -q hey; }
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.screen
 
 # Regenerate docs/settings.md from the settings object (tests/test_settings_docs.py checks it is current).
 docs: $(STAMP)
@@ -106,3 +107,10 @@ soak: $(STAMP)
 # The clinician-readable rule book: one static HTML page (no external assets) at var/rule-book.html.
 book: $(STAMP)
 	$(BIN)/cds rules book -o var/rule-book.html
+
+# cds screen --engine spark against the local engine (tests/test_screen_spark.py): installs the optional
+# extra cramp-cds[spark] (pyspark, pandas, pyarrow; about 450 MB) into .venv first; needs Java 17+.
+# `make test` runs the same test only when pyspark is already installed, and skips it otherwise.
+spark-test: $(STAMP)
+	$(BIN)/pip install -q -e '.[spark]'
+	$(BIN)/pytest -q -p no:cacheprovider tests/test_screen_spark.py

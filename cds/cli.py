@@ -506,7 +506,14 @@ def synth(
     help="worklist.csv, worklist.ndjson, or worklist.json (a FHIR Bundle of draft ServiceRequests and Tasks); "
     "repeat for several.",
 )
-@click.option("--engine", type=click.Choice(["local"]), default="local", show_default=True)
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "spark"]),
+    default="local",
+    show_default=True,
+    help="spark: Apache Spark (pip install 'cramp-cds[spark]'); EXPORT may then be any URI Spark reads.",
+)
+@click.option("--spark-master", default="local[*]", show_default=True, help="With --engine spark.")
 @click.option("--workers", type=click.IntRange(1, 512), help="Processes (default: the machine's cores).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its finished buckets.")
 @click.option(
@@ -535,6 +542,7 @@ def screen(
     work_dir: Path | None,
     buckets: int | None,
     keep_work: bool,
+    spark_master: str,
     rules: Path,
 ) -> None:
     """Screen every patient of a FHIR Bulk Data export (a folder of NDJSON files or its manifest.json).
@@ -558,7 +566,21 @@ def screen(
     show = sys.stderr.isatty() if progress is None else progress
     cores = os.cpu_count() or 1
     try:
-        if engine == "local":
+        if engine == "spark":
+            from cds.screen.spark import SparkJob, run_spark
+
+            summary = run_spark(
+                SparkJob(
+                    export=export,
+                    now=now,
+                    rules=rules,
+                    outputs=outputs,
+                    buckets=buckets,
+                    master=spark_master,
+                    workers=workers or cores,
+                )
+            )
+        else:
             from cds.screen.local import Job, run_local
 
             summary = run_local(

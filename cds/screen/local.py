@@ -16,6 +16,7 @@ where it stopped and writes the same worklist an uninterrupted run would.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import multiprocessing
 import os
@@ -23,6 +24,7 @@ import resource as rlimit
 import shutil
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -91,13 +93,22 @@ def run_local(job: Job) -> Summary:
         "buckets": buckets,
     }
     _prepare(job, identity)
+    clock = [time.perf_counter()]
     stats = _partition_once(job, files, Router(pack), buckets)
+    clock.append(time.perf_counter())
     pending = [b for b in range(buckets) if not _result_path(job.work, b).exists()]
     if job.resume and len(pending) < buckets:
         job.log(f"cds: resuming: {buckets - len(pending)} of {buckets} buckets already done")
     _evaluate(job, pending, stats)
+    clock.append(time.perf_counter())
     summary = _write_outputs(job, buckets, stats, pack.manifest.topic_system)
-    (job.work / "summary.json").write_bytes(orjson.dumps(summary.as_json(), option=orjson.OPT_INDENT_2))
+    clock.append(time.perf_counter())
+    # Kept with --keep-work for the benchmark (bench/screen.py): wall seconds of each step.
+    seconds = dict(
+        zip(("partition", "evaluate", "write"), (b - a for a, b in itertools.pairwise(clock)), strict=True)
+    )
+    record = summary.as_json() | {"seconds": seconds, "buckets": buckets, "workers": job.workers}
+    (job.work / "summary.json").write_bytes(orjson.dumps(record, option=orjson.OPT_INDENT_2))
     if not job.keep_work:
         shutil.rmtree(job.work, ignore_errors=True)
     return summary
