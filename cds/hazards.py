@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from cds.errors import RulePackError
 from cds.rulepack import RulePack
+from cds.yamltext import load_yaml
 
 HAZARDS_FILE = "hazards.yaml"
 Status = Literal["open", "mitigated", "accepted", "transferred"]
@@ -99,7 +100,7 @@ def load_hazards(pack: RulePack, path: Path | None = None) -> HazardLog:
     path = path or pack.root / HAZARDS_FILE
     shown = f"{pack.root.name}/{path.name}"
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise RulePackError(f"cannot read file ({exc.strerror})", resource=shown) from None
     except yaml.YAMLError as exc:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from cds.errors import RulePackError
 from cds.facttypes import COMMON_FIELDS, FACT_FIELDS, Scalar, value_has_type
 from cds.fhirvalues import unit_key
+from cds.yamltext import load_yaml
 
 M = TypeVar("M", bound=BaseModel)
 Source = Literal["V", "C", "U"]
@@ -433,7 +434,7 @@ def _read(path: Path, root: Path) -> Any:
     try:
         if path.suffix == ".json":
             return json.loads(text)
-        return yaml.safe_load(text)
+        return load_yaml(text)
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
         raise RulePackError(f"not valid {path.suffix.lstrip('.').upper()}: {exc}", resource=name) from None
 

@@ -17,6 +17,8 @@ import httpx
 import jwt
 import yaml
 
+from cds.yamltext import load_yaml
+
 __all__ = [
     "ALLOWED_ALGORITHMS",
     "AuthError",
@@ -160,7 +162,7 @@ _ISSUER_FIELDS = frozenset({"iss", "jwks", "jwks_file", "jwks_url", "jku_allow"}
 def load_trusted_issuers(path: Path) -> list[TrustedIssuer]:
     """Read the trusted-issuers YAML or JSON file; any problem raises ConfigError naming the field."""
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        document = load_yaml(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(path, "", f"cannot read file: {error}") from error
     except yaml.YAMLError as error:
