@@ -188,3 +188,34 @@ def test_a_fhir_server_that_is_not_a_url_is_400(api: Api) -> None:
     response = post(api, request)
     assert response.status_code == 400
     assert response.json()["issue"][0]["expression"] == ["fhirServer"]
+
+
+@pytest.mark.parametrize(
+    ("sent", "why"),
+    [
+        (
+            "absent",
+            "prefetch.observations was not sent and could not be fetched from fhirServer (http_status",
+        ),
+        (
+            "operation-outcome",
+            "prefetch.observations was sent as an OperationOutcome (the client's own query for it failed) "
+            "and could not be fetched from fhirServer (http_status",
+        ),
+    ],
+)
+def test_a_failed_fetch_412_says_how_the_key_came_to_be_missing(api: Api, sent: str, why: str) -> None:
+    """The sandbox shows "no recommendations" for a 412: the body must tell the integrator what went wrong."""
+    resources = prefetch_resources(hook_request())
+    with FhirTestServer(resources, mode="status", fault_on="Observation") as server:
+        request = with_server(hook_request(), server)
+        if sent == "absent":
+            del request["prefetch"]["observations"]
+        else:
+            request["prefetch"]["observations"] = {
+                "resourceType": "OperationOutcome",
+                "issue": [{"severity": "error", "code": "exception"}],
+            }
+        response = post(api, request)
+    assert_412(response, "observations")
+    assert response.json()["issue"][0]["diagnostics"].startswith(why)
