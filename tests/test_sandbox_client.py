@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +172,28 @@ def test_the_public_sandbox_keys_verify_online_when_reachable() -> None:
     assert any(k.get("kty") == "EC" and k.get("crv") == "P-384" for k in keys)
 
 
+FIXTURE_DAY = date(2026, 6, 1)  # the day the fixtures' results are recent on
+ISO_DAY = re.compile(r"^(\d{4}-\d{2}-\d{2})")
+
+
+def as_of_today(document: Any) -> Any:
+    """The request with every date in its prefetch moved by (today - the fixtures' day), so that a
+    server on the real clock sees results exactly as recent as the fixtures mean them to be."""
+    shift = datetime.now(UTC).date() - FIXTURE_DAY
+
+    def move(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {key: move(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [move(value) for value in node]
+        if isinstance(node, str) and (match := ISO_DAY.match(node)):
+            moved = date.fromisoformat(match.group(1)) + shift
+            return moved.isoformat() + node[match.end() :]
+        return node
+
+    return {**document, "prefetch": move(document["prefetch"])}
+
+
 @pytest.mark.slow
 def test_the_sandbox_against_a_real_cds_serve_with_two_workers(
     tmp_path: Path, sandbox: SandboxClient
@@ -204,11 +227,13 @@ def test_the_sandbox_against_a_real_cds_serve_with_two_workers(
             services = client.get("/cds-services", headers=headers("/cds-services"))
             assert services.status_code == 200, services.text
             view_path = "/cds-services/cramp-assessment"
-            view = client.post(view_path, json=hook_request(), headers=headers(view_path))
+            view = client.post(view_path, json=as_of_today(hook_request()), headers=headers(view_path))
             assert view.status_code == 200, view.text
             order_path = "/cds-services/calcium-order-check"
             order = client.post(
-                order_path, json=order_sign_request(medication=CALCIUM_CARBONATE), headers=headers(order_path)
+                order_path,
+                json=as_of_today(order_sign_request(medication=CALCIUM_CARBONATE)),
+                headers=headers(order_path),
             )
             assert order.status_code == 200, order.text
             cards = view.json()["cards"] + order.json()["cards"]
