@@ -8,7 +8,9 @@ CdsError                      base; `status` is the HTTP status it maps to
 │   └── PatientError          zero or several patients where one is needed
 ├── UnknownServiceError (404)
 ├── PrefetchMissingError (412) a prefetch key that was not sent and could not be fetched
+├── RequestTimeoutError (408)  the body did not arrive in time (the connection is closed after it)
 ├── PayloadTooLargeError (413)
+│   └── BodyTooLargeError      the body itself is over the limit (the connection is closed after it)
 ├── UnsupportedMediaTypeError (415) a body sent as something other than JSON
 ├── RulePackError             a rule file is wrong (names file and field); stops start-up
 └── EngineError               the rule engine misbehaved (a bug, never the client's fault)
@@ -64,8 +66,19 @@ class PrefetchMissingError(CdsError):
     status = 412
 
 
+class RequestTimeoutError(CdsError):
+    status = 408
+    close_connection = True
+
+
 class PayloadTooLargeError(CdsError):
     status = 413
+    # True when the body was not read to its end: the answer says `Connection: close` (cds.connections).
+    close_connection = False
+
+
+class BodyTooLargeError(PayloadTooLargeError):
+    close_connection = True
 
 
 class UnsupportedMediaTypeError(CdsError):

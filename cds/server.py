@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 import uvicorn
 
+from cds.connections import GuardedHttpProtocol
 from cds.logs import uvicorn_log_config
 from cds.settings import Settings
 
@@ -68,6 +69,8 @@ def run(settings: Settings) -> None:
         proxy_headers=bool(settings.trusted_proxies),
         forwarded_allow_ips=list(settings.trusted_proxies) or None,
         ws="none",
+        # A header timeout and a lingering close, which uvicorn alone does not have (cds.connections).
+        http=GuardedHttpProtocol,
         lifespan="on",
         timeout_graceful_shutdown=10,
         # uvicorn kills a worker that does not answer its supervisor's ping within this many seconds;

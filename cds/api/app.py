@@ -216,7 +216,9 @@ def create_app(
     pages.mount_static(app)
     # add_middleware wraps what is already there: the last one added sees the request first.
     app.add_middleware(CatchAll)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout_seconds
+    )
     app.add_middleware(RequestLog, metrics=runtime.metrics)
     if settings.cors_origins:
         # https://cds-hooks.hl7.org/2.0/#cross-origin-resource-sharing (e.g. the browser-based sandbox)

@@ -6,6 +6,7 @@ enforced while bytes arrive, before a handler holds the whole body.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cds.api.problems import problem_for
-from cds.errors import PayloadTooLargeError, UnsupportedMediaTypeError
+from cds.errors import BodyTooLargeError, RequestTimeoutError, UnsupportedMediaTypeError
 from cds.logs import log_event
 from cds.metrics import Metrics
 
@@ -39,16 +40,22 @@ class BodyLimit:
     """413 when Content-Length says the body is too large, or when the streamed bytes pass the limit;
     415 when a handler reads a body whose Content-Type is not JSON (text/plain, multipart, forms).
 
-    Both are raised from `receive`, so only routes that read a body refuse one: a wrong method or path
-    still gets its 405/404, and a caller without a valid JWT still gets 401 before the body is read.
+    408 when the body has not all arrived `body_timeout` seconds after the request began (its headers
+    were in): a client that sends its body a byte at a time cannot hold a worker's request open.
+
+    All three are raised from `receive`, so only routes that read a body refuse one: a wrong method or
+    path still gets its 405/404, and a caller without a valid JWT still gets 401 before the body is read.
     """
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_bytes: int, body_timeout: float = 30.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.body_timeout = body_timeout
 
-    def _too_large(self) -> PayloadTooLargeError:
-        return PayloadTooLargeError(f"the request body is larger than {self.max_bytes} bytes", field="body")
+    def _too_large(self) -> BodyTooLargeError:
+        return BodyTooLargeError(
+            f"the request body is larger than {self.max_bytes} bytes (CDS_MAX_BODY_BYTES)", field="body"
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -59,17 +66,29 @@ class BodyLimit:
             await problem_for(self._too_large()).response()(scope, receive, send)
             return
         seen = 0
+        body_done = False
+        deadline = asyncio.get_running_loop().time() + self.body_timeout
         content_type = next((v for k, v in scope["headers"] if k == b"content-type"), None)
         json_body = is_json_media_type(content_type)
 
         async def counting_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, body_done
             if not json_body:
                 raise UnsupportedMediaTypeError(
                     "the body must be JSON: send Content-Type: application/json", field="header.content-type"
                 )
-            message = await receive()
+            if body_done:
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise RequestTimeoutError(
+                    f"the request body did not arrive within {self.body_timeout:g} s (CDS_BODY_TIMEOUT_SECONDS)",
+                    field="body",
+                ) from None
             if message["type"] == "http.request":
+                body_done = not message.get("more_body", False)
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
                     raise self._too_large()  # surfaces in the handler's read, mapped by cds.api.problems

@@ -12,6 +12,7 @@ text to choose a status.
     cds.store.UnstorableValueError    400     invalid      the store's field (NUL, unpaired surrogate, too long)
     RequestValidationError            400     invalid      the parameter, e.g. query.now
     HTTPException (routing: 404/405)  as is   not-found / not-supported
+    ClientDisconnect (mid-body)       499     incomplete   (nobody reads it; logged at INFO, counted as 499)
     anything else                     500     exception    (generic text; logged by type, never by message)
 
 Example body (400)::
@@ -32,6 +33,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from cds.api.models import OperationOutcome, field_path
@@ -44,9 +46,11 @@ from cds.store import StoreUnavailableError, UnknownCardError, UnstorableValueEr
 logger = logging.getLogger("cds.api")
 
 RETRY_AFTER_SECONDS: Final = 5
+CLIENT_CLOSED_REQUEST: Final = 499
 ISSUE_CODES: Final[Mapping[int, str]] = {
     400: "invalid",
     401: "login",
+    408: "timeout",
     403: "forbidden",
     404: "not-found",
     405: "not-supported",
@@ -91,7 +95,9 @@ def _cds_error(exc: CdsError) -> Problem:
     if exc.status >= 500:  # a broken rule pack or engine: our fault, never the client's
         return _unexpected(exc)
     code = "structure" if isinstance(exc, JsonError) else None
-    return Problem(exc.status, str(exc), expression=exc.field, code=code)
+    # A body not read to its end: the connection is closed after the answer (cds.connections lingers).
+    headers = {"Connection": "close"} if getattr(exc, "close_connection", False) else {}
+    return Problem(exc.status, str(exc), expression=exc.field, code=code, headers=headers)
 
 
 def _fetch_error(exc: FhirFetchError) -> Problem:
@@ -108,6 +114,17 @@ def _fetch_error(exc: FhirFetchError) -> Problem:
         + (f": {exc.detail})" if exc.detail else ")"),
         expression=f"prefetch.{exc.key}",
         code="timeout" if exc.reason == "timeout" else "incomplete",
+    )
+
+
+def _client_disconnect(exc: ClientDisconnect) -> Problem:
+    # The client went away mid-body: nobody reads this answer, but the log and the metrics count it as
+    # what it is (499, "client closed request" in nginx's terms), never as a server error.
+    log_event(logger, "request.client_disconnected", level=logging.INFO, status=CLIENT_CLOSED_REQUEST)
+    return Problem(
+        CLIENT_CLOSED_REQUEST,
+        "the client closed the connection before the request arrived",
+        code="incomplete",
     )
 
 
@@ -157,6 +174,7 @@ def _unexpected(exc: BaseException) -> Problem:
 RULES: Final[Mapping[type[Exception], Callable[[Any], Problem]]] = {
     CdsError: _cds_error,
     FhirFetchError: _fetch_error,
+    ClientDisconnect: _client_disconnect,
     AuthError: _auth_error,
     UnknownCardError: _unknown_card,
     StoreUnavailableError: _store_unavailable,
