@@ -53,9 +53,7 @@ class Served:
         """cds_http_requests_total by status, summed over routes and methods."""
         text = httpx.get(self.base + "/metrics", timeout=10).text
         found: dict[str, float] = {}
-        for status, value in re.findall(
-            r'^cds_http_requests_total\{.*status="(\d+)".*\} (\S+)$', text, re.M
-        ):
+        for status, value in re.findall(r'^cds_http_requests_total\{.*status="(\d+)".*\} (\S+)$', text, re.M):
             found[status] = found.get(status, 0.0) + float(value)
         return found
 
