@@ -41,7 +41,7 @@ import json
 import math
 import threading
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,6 +158,7 @@ class RuleEngine:
                 named = set(self._fields_by_type.get(kind, ())) | _fields_of(pattern)
                 self._fields_by_type[kind] = tuple(sorted(named))
             self._rule_patterns[rule.id] = tuple(indexes)
+        self._max_patterns = max((len(r.patterns) for r in rules), default=1)
         self._host = _QuietHost()
         # Registration deletes each rule's `run`: give it a copy and keep ours intact.
         self._host.set_rulesets({name: _copy_definition(definition)})
@@ -251,17 +252,28 @@ class RuleEngine:
 
     def expected_firings(self, facts: Sequence[Fact]) -> set[str]:
         """The rules that must fire for `facts` (read facts only), evaluated in Python: a rule fires
-        when each of its patterns matches some fact, given or derived (patterns never join)."""
-        satisfied: set[int] = set()
+        when its patterns can each be matched by a different fact, given or derived (as durable
+        does: one fact never fills two patterns of a rule; patterns never join on values)."""
+        cap = self._max_patterns  # enough candidates per pattern to find distinct ones (Hall)
+        pool: dict[int, list[str]] = {}
+
+        def add(fact_id: str, matched: frozenset[int]) -> None:
+            for index in matched:
+                ids = pool.setdefault(index, [])
+                if len(ids) < cap:
+                    ids.append(fact_id)
+
         for fact in facts:
-            satisfied |= self._matched(fact)
+            add(str(fact["id"]), self._matched(fact))
         fired: set[str] = set()
         produced: set[tuple[str, str]] = set()
         changed = True
         while changed:
             changed = False
             for rule in self._rules:
-                if rule.id in fired or not satisfied.issuperset(self._rule_patterns[rule.id]):
+                if rule.id in fired:
+                    continue
+                if not _distinct(pool.get(i, []) for i in self._rule_patterns[rule.id]):
                     continue
                 fired.add(rule.id)
                 changed = True
@@ -269,7 +281,7 @@ class RuleEngine:
                 key = (str(produces["type"]), str(produces.get("name") or produces.get("rule")))
                 if key not in produced and produces["type"] != "cause":
                     produced.add(key)
-                    satisfied |= self._matched({**produces, "id": "derived", "label": key[1]})
+                    add(f"derived:{key[0]}:{key[1]}", self._matched({**produces, "id": "d", "label": key[1]}))
         return fired
 
     def _check_firings(self, read: Sequence[Fact], run: _Run) -> None:
@@ -356,6 +368,29 @@ def matches(pattern: Mapping[str, Any], fact: Fact) -> bool:
         elif fact.get(key) != operand or isinstance(fact.get(key), bool) != isinstance(operand, bool):
             return False
     return True
+
+
+def _distinct(candidates: Iterable[list[str]]) -> bool:
+    """Can each pattern take a different one of its candidate facts? (Augmenting paths; a rule has a
+    handful of patterns.)
+
+        >>> _distinct([["f1"], ["f1", "f2"]]), _distinct([["f1"], ["f1"]]), _distinct([[], ["f1"]])
+        (True, False, False)
+    """
+    lists = list(candidates)
+    owner: dict[str, int] = {}
+
+    def place(pattern: int, seen: set[str]) -> bool:
+        for fact in lists[pattern]:
+            if fact in seen:
+                continue
+            seen.add(fact)
+            if fact not in owner or place(owner[fact], seen):
+                owner[fact] = pattern
+                return True
+        return False
+
+    return all(place(pattern, set()) for pattern in range(len(lists)))
 
 
 def encode_scalar(value: Scalar) -> str:

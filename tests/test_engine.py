@@ -5,6 +5,7 @@ Part of the compatibility subset that .ci/run runs on every supported Python (ma
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -529,3 +530,45 @@ def test_every_extreme_value_reaches_the_engine_as_sent(pack: RulePack, pack_eng
         assert {f.rule for f in outcome.firings} == pack_engine.expected_firings(read)
 
     check()
+
+
+OVERLAPPING = [
+    rule(
+        "two-overlapping",
+        {"$and": [{"type": "lab"}, {"analyte": "x"}]},
+        {"$and": [{"type": "lab"}, {"band": "low"}]},
+    ),
+    rule(
+        "three-labs",
+        {"$and": [{"type": "lab"}, {"band": "low"}]},
+        {"$and": [{"type": "lab"}, {"band": "low"}]},
+        {"$and": [{"type": "lab"}, {"analyte": "y"}]},
+    ),
+]
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["x", "y", "z"]), st.sampled_from(["low", "normal"])),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_one_fact_never_fills_two_patterns_of_a_rule_in_the_engine_or_the_check(
+    labs: list[tuple[str, str]],
+) -> None:
+    """durable binds a different fact to each pattern of a rule; the adapter's check expects the same
+    (otherwise a rule whose patterns overlap would be reported as misread)."""
+    facts: list[Fact] = [
+        {"type": "lab", "id": f"f{n}", "label": "l", "analyte": analyte, "band": band}
+        for n, (analyte, band) in enumerate(labs)
+    ]
+    engine = RuleEngine(OVERLAPPING)
+    fired = {f.rule for f in engine.evaluate(facts).firings}  # raises if the check disagrees
+    pairs = itertools.permutations(labs, 2)
+    triples = itertools.permutations(labs, 3)
+    assert ("two-overlapping" in fired) == any(a[0] == "x" and b[1] == "low" for a, b in pairs)
+    assert ("three-labs" in fired) == any(
+        a[1] == "low" and b[1] == "low" and c[0] == "y" for a, b, c in triples
+    )
