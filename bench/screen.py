@@ -9,7 +9,8 @@ process; its CPU seconds (its own and its workers') come from getrusage, its mem
 Writes bench/results/screen.json and screen.md, including the projection to one million patients.
 
 Environment knobs: SCREEN_SIZES ("1000,10000"), SCREEN_BACKGROUND (60), SCREEN_REPEATS (1),
-SCREEN_SPARK_MAX (1000; 0 turns Spark off), BENCH_OUT (bench/results).
+SCREEN_SPARK_MAX (1000; 0 turns Spark off), BENCH_OUT (bench/results), SCREEN_WORK (a folder to
+keep the generated exports in and reuse: an `export-N` holding a manifest.json is not generated again).
 """
 
 from __future__ import annotations
@@ -102,19 +103,12 @@ def spark_available() -> bool:
 
 def bench_size(patients: int, *, background: int, repeats: int, spark_max: int, work: Path) -> dict[str, Any]:
     export = work / f"export-{patients}"
-    synth = timed(
-        [
-            str(CDS),
-            "synth",
-            "--patients",
-            str(patients),
-            "--seed",
-            "1",
-            "--background",
-            str(background),
-            str(export),
-        ]
-    )
+    synth: dict[str, Any] = {"wall_s": None, "cpu_s": None, "main_peak_rss_mb": None}
+    if not (export / "manifest.json").exists():  # SCREEN_WORK may hold the exports of an earlier run
+        synth = timed(
+            [str(CDS), "synth", "--patients", str(patients), "--seed", "1", "--background", str(background),
+             str(export)]
+        )  # fmt: skip
     files = [p for p in export.iterdir() if p.suffix == ".ndjson"]
     lines = 0
     for path in files:
@@ -234,14 +228,14 @@ def main() -> None:
     out = Path(os.environ.get("BENCH_OUT", RESULTS))
     out.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()
+    keep = os.environ.get("SCREEN_WORK")
     with tempfile.TemporaryDirectory(prefix="screen-bench-") as tmp:
+        work = Path(keep) if keep else Path(tmp)
         results = []
         for patients in sizes:
             print(f"screen bench: {patients} patients ...", flush=True)
             results.append(
-                bench_size(
-                    patients, background=background, repeats=repeats, spark_max=spark_max, work=Path(tmp)
-                )
+                bench_size(patients, background=background, repeats=repeats, spark_max=spark_max, work=work)
             )
     report = {
         "machine": f"{os.cpu_count()} cores, Python {sys.version.split()[0]}",

@@ -139,18 +139,19 @@ def start_session(master: str, buckets: int) -> Any:
     """
     from pyspark.sql import SparkSession
 
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    return (
+    builder = (
         SparkSession.builder.master(master)
         .appName("cramp-cds screen")
-        .config("spark.ui.enabled", "false")
         .config("spark.sql.shuffle.partitions", str(buckets))
-        .config("spark.pyspark.python", sys.executable)
-        .config("spark.pyspark.driver.python", sys.executable)
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .getOrCreate()
     )
+    if master.startswith("local"):
+        # On a cluster the executors' Python comes from the packed environment or the image
+        # (PYSPARK_PYTHON, spark-defaults.conf; docs/screening.md), never from this machine's path.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+        builder = builder.config("spark.ui.enabled", "false").config("spark.pyspark.python", sys.executable)
+    return builder.getOrCreate()
 
 
 def run_spark(job: SparkJob, *, session: Any = None) -> Summary:
@@ -202,11 +203,20 @@ def run_spark(job: SparkJob, *, session: Any = None) -> Summary:
         frame = spark.createDataFrame(kept, "bucket int, patient string, where string, raw string")
         evaluate = _evaluate_bucket(pack_name, job.now, context.broadcast(medications))
         results = frame.groupBy("bucket").applyInPandas(evaluate, schema=ROW_SCHEMA)
-        collected = sorted(results.collect(), key=lambda r: (r["bucket"], r["patient"]))
+        # Rows stream to the driver in worklist order (bucket, then patient id), as the local engine writes them.
+        summary = _write(
+            job, results.orderBy("bucket", "patient").toLocalIterator(), lines, skipped, errors, pack
+        )
     finally:
         routed.unpersist()
         if session is None:
             spark.stop()
+    return summary
+
+
+def _write(
+    job: SparkJob, collected: Any, lines: int, skipped: dict[str, int], errors: list[Any], pack: Any
+) -> Summary:
     summary = Summary(lines=lines, kept=lines - sum(skipped.values()) - len(errors))
     summary.skipped.update(skipped)
     writers = [open_writer(path, topic_system=pack.manifest.topic_system) for path in job.outputs]
