@@ -563,6 +563,8 @@ def screen(
             fail(str(exc))
         if not path.parent.is_dir():
             fail(f"{path}: the folder {path.parent} does not exist")
+    if engine == "spark" and resume:
+        fail("--resume is for the local engine; Spark retries failed tasks itself")
     show = sys.stderr.isatty() if progress is None else progress
     cores = os.cpu_count() or 1
     try:
