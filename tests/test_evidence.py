@@ -124,6 +124,12 @@ def test_do_not_perform_ppi_fixture_counts_no_ppi(evaluator: Evaluator) -> None:
     assert notes_with(result, "doNotPerform")
 
 
+def test_superseded_pregnancy_fixture_does_not_escalate(evaluator: Evaluator) -> None:
+    result = run(evaluator, load_fixture("pregnancy-superseded.json"))
+    assert not [f for f in result.fired if f.startswith("finding.pregnant")]
+    assert len(notes_with(result, "superseded by the newer 'not pregnant'")) == 2
+
+
 # --- questionnaire identity and answer windows ---------------------------------------------------------
 
 
