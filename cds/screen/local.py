@@ -40,6 +40,7 @@ from cds.screen.worklist import Summary, open_writer
 
 BUCKET_INPUT_BYTES = 32 * 1024 * 1024  # about this much export (uncompressed) per bucket
 GZIP_RATIO = 8  # a gzipped NDJSON file holds about this many times its size
+MIN_BUCKETS = 64  # enough for a smooth progress bar and for a pool of many workers
 MAX_BUCKETS = 1024
 BUFFER = 64 * 1024
 
@@ -67,7 +68,9 @@ def pack_digest(rules: Path) -> str:
     return digest.hexdigest()
 
 
-def default_buckets(files: Sequence[ExportFile], workers: int) -> int:
+def default_buckets(files: Sequence[ExportFile]) -> int:
+    """From the export's size only (not the workers), so that the row order of a worklist, which is by
+    bucket and then patient id, is the same for the same export whatever engine or pool size ran it."""
     size = sum(f.size * (GZIP_RATIO if f.path.name.endswith(".gz") else 1) for f in files)
     limit = MAX_BUCKETS
     try:
@@ -76,7 +79,7 @@ def default_buckets(files: Sequence[ExportFile], workers: int) -> int:
             limit = min(limit, soft - 64)
     except (ValueError, OSError):
         pass
-    return max(1, min(limit, max(workers * 8, math.ceil(size / BUCKET_INPUT_BYTES))))
+    return max(1, min(limit, max(MIN_BUCKETS, math.ceil(size / BUCKET_INPUT_BYTES))))
 
 
 def run_local(job: Job) -> Summary:
@@ -85,7 +88,7 @@ def run_local(job: Job) -> Summary:
 
     pack = load_rule_pack(job.rules)
     files = find_export_files(job.export)
-    buckets = job.buckets or default_buckets(files, job.workers)
+    buckets = job.buckets or default_buckets(files)
     identity = {
         "export": [[str(f.path.resolve()), f.size, f.type] for f in files],
         "now": job.now.isoformat(),

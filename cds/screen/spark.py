@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from cds.screen.export import ExportError, find_export_files
+from cds.screen.local import MIN_BUCKETS, default_buckets
 from cds.screen.routing import ERROR, KEEP, SHARED, SKIP, Router, bucket_of
 from cds.screen.worklist import Summary, open_writer
 
@@ -165,7 +166,8 @@ def run_spark(job: SparkJob, *, session: Any = None) -> Summary:
     from cds.rulepack import load_rule_pack
 
     pack = load_rule_pack(job.rules)
-    buckets = job.buckets or max(8, job.workers * 8)
+    local = None if "://" in job.export else find_export_files(Path(job.export))
+    buckets = job.buckets or (default_buckets(local) if local is not None else MIN_BUCKETS)
     spark = session or start_session(job.master, buckets)
     context = spark.sparkContext
     pack_name = job.rules.resolve().name
