@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -184,9 +185,16 @@ def create_app(
             demoNow=demo_now.isoformat() if demo_now is not None else None,
         )
         flusher = asyncio.create_task(_flush_periodically(runtime), name="cds-store-flusher")
+        # What start-up built (FHIR models, the rule pack, the app) lives as long as the process: moved
+        # out of the collector's generations, full collections stop scanning it. bench/gcpause.py,
+        # 5,000 evaluations of 200 distinct 50-resource patients: full collections took 138 ms median
+        # (193 max) before, 0.9 ms (17 max) after; p99.9 per call 210 -> 112 ms on a loaded machine.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
+            gc.unfreeze()  # back to the collector (matters where one process starts many apps: the tests)
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
