@@ -13,15 +13,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from pydantic import BaseModel
+
 from cds.errors import FhirValidationError
 from cds.intake import Resource
 
 
 def refuse_modifier_extensions(resource: Resource) -> None:
-    if "modifierExtension" not in resource.model.model_dump_json(exclude_none=True):
-        return  # the common case, decided on the serialised text without walking the model
-    for path, extension in _modifiers(resource.model.model_dump(exclude_none=True, by_alias=True), ""):
-        url = extension.get("url") if isinstance(extension, dict) else None
+    for path, extension in _modifiers(resource.model, ""):
+        url = getattr(extension, "url", None)
         raise FhirValidationError(
             f"carries a modifier extension this service does not understand ({url or 'no url'}); "
             "FHIR forbids reading the resource without it, so the request is refused",
@@ -31,14 +31,16 @@ def refuse_modifier_extensions(resource: Resource) -> None:
 
 
 def _modifiers(node: Any, path: str) -> Iterator[tuple[str, Any]]:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            where = f"{path}.{key}" if path else key
-            if key == "modifierExtension" and isinstance(value, list):
-                for index, extension in enumerate(value):
-                    yield f"{where}[{index}]", extension
-            else:
-                yield from _modifiers(value, where)
+    """(path, extension) of every modifierExtension under `node`, walking the validated model's own
+    fields (no serialisation: this runs on every resource of the patient)."""
+    if isinstance(node, BaseModel):
+        fields = node.__dict__
+        for index, extension in enumerate(fields.get("modifierExtension") or ()):
+            yield f"{path}.modifierExtension[{index}]" if path else f"modifierExtension[{index}]", extension
+        for key, value in fields.items():
+            if key != "modifierExtension" and isinstance(value, BaseModel | list):
+                yield from _modifiers(value, f"{path}.{key}" if path else key)
     elif isinstance(node, list):
         for index, value in enumerate(node):
-            yield from _modifiers(value, f"{path}[{index}]")
+            if isinstance(value, BaseModel | list):
+                yield from _modifiers(value, f"{path}[{index}]")
