@@ -2,10 +2,13 @@
 
     python -m bench.soak --seconds 600          # what `make soak` runs (SOAK_SECONDS overrides)
     CDS_DATABASE_URL=postgresql+psycopg://... python -m bench.soak   # against PostgreSQL
+    python -m bench.soak --jwt                  # JWT on: every request signed (ES384), as EHRs do
 
 Concurrency 32 on loopback, an async httpx client per task. The mix: patient-view hook calls,
 order-sign calls (calcium draft: cause cards; another drug: no cards), /evaluate?now= on the fixture
-Bundles, feedback on cards actually received, and bad requests that must be 4xx. Every answer is
+Bundles, feedback on cards actually received, bad requests that must be 4xx, and hostile ones (issue 9:
+NUL characters, extreme numbers and date-times, JSON nested deeper than the limit, requests large but
+under the limits and one over them) that must be refused with their 4xx or answered right. Every answer is
 checked against fixtures/manifest.json: the service evaluates hook calls at the current time, so
 their inputs are the fixtures with every date moved forward by (today - the fixture's `now`), which
 keeps ages, intervals and recency as the manifest describes them. Writes bench/results/soak.json.
@@ -32,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import create_engine, select
 
 from bench.load import free_port, rss_mb, wait_ready
@@ -49,7 +54,7 @@ RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 CALCIUM = {"coding": [{"system": RXNORM, "code": "1897"}], "text": "Calcium carbonate 500 mg tablet"}
 STATIN = {"coding": [{"system": RXNORM, "code": "83367"}], "text": "atorvastatin"}
 # Share of each kind of request in the mix.
-MIX = {"patient-view": 35, "order-sign": 15, "evaluate": 20, "feedback": 20, "bad": 10}
+MIX = {"patient-view": 30, "order-sign": 15, "evaluate": 18, "feedback": 20, "bad": 9, "hostile": 8}
 # "Flat memory": worker RSS may grow by this much from the warmed-up start to the end.
 RSS_GROWTH_LIMIT_MB = 40.0
 
@@ -144,6 +149,132 @@ BAD: list[tuple[str, str, bytes, int]] = [
 ]
 
 
+UNREAD_CONDITION = {
+    "system": "http://snomed.info/sct",
+    "code": "999999999",
+    "display": "not read by the rules",
+}
+
+
+def extra_conditions(request: dict[str, Any], count: int, text: str = "not read") -> dict[str, Any]:
+    """The request with `count` more Conditions the rules do not read (its answer stays the same)."""
+    request = json.loads(json.dumps(request))
+    patient = request["context"]["patientId"]
+    added = [
+        {
+            "resource": {
+                "resourceType": "Condition",
+                "id": f"soak-extra-{i}",
+                "clinicalStatus": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                            "code": "active",
+                        }
+                    ]
+                },
+                "code": {"coding": [UNREAD_CONDITION], "text": text},
+                "subject": {"reference": f"Patient/{patient}"},
+            }
+        }
+        for i in range(count)
+    ]
+    conditions = request["prefetch"].get("conditions")
+    if not isinstance(conditions, dict) or conditions.get("resourceType") != "Bundle":
+        kept = [{"resource": conditions}] if isinstance(conditions, dict) else []
+        conditions = request["prefetch"]["conditions"] = {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "entry": kept,
+        }
+    conditions.setdefault("entry", []).extend(added)
+    return request
+
+
+def extreme_observation(request: dict[str, Any], value: str, when: str) -> bytes:
+    """The request with one more vitamin D result whose raw JSON value and time are `value` and `when`."""
+    request = json.loads(json.dumps(request))
+    patient = request["context"]["patientId"]
+    marker = "__soak_value__"
+    observation = {
+        "resourceType": "Observation",
+        "id": "soak-extreme",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "62292-8"}]},
+        "subject": {"reference": f"Patient/{patient}"},
+        "effectiveDateTime": when,
+        "valueQuantity": {
+            "value": marker,
+            "unit": "ng/mL",
+            "system": "http://unitsofmeasure.org",
+            "code": "ng/mL",
+        },
+    }
+    observations = request["prefetch"].get("observations")
+    if not isinstance(observations, dict) or observations.get("resourceType") != "Bundle":
+        kept = [{"resource": observations}] if isinstance(observations, dict) else []
+        observations = request["prefetch"]["observations"] = {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "entry": kept,
+        }
+    observations.setdefault("entry", []).append({"resource": observation})
+    return json.dumps(request).replace(f'"{marker}"', value).encode()
+
+
+def nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+# name -> statuses that are right for it; "same-answer" cases must also give the case's topics.
+HOSTILE: dict[str, frozenset[int]] = {
+    "nul-hook-instance": frozenset({400}),
+    "nul-in-unread-text": frozenset({200}),  # same answer
+    "huge-number": frozenset({200, 400}),
+    "tiny-number": frozenset({200, 400}),
+    "calendar-edge-dates": frozenset({200, 400}),
+    "draft-order-nested-300-deep": frozenset({400}),
+    "large-under-the-limits": frozenset({200}),  # same answer, evaluated off the event loop
+    "over-the-resource-limit": frozenset({413}),
+}
+SAME_ANSWER = frozenset({"nul-in-unread-text", "large-under-the-limits"})
+_LARGE: dict[tuple[str, int], bytes] = {}
+
+
+def hostile_body(name: str, case: Case, rng: random.Random) -> tuple[str, bytes]:
+    request = dict(case.hook_request, hookInstance=str(uuid.uuid4()))
+    path = "/cds-services/cramp-assessment"
+    if name == "nul-hook-instance":
+        request["hookInstance"] = "soak\u0000" + str(uuid.uuid4())
+        return path, json.dumps(request).encode()
+    if name == "nul-in-unread-text":
+        return path, json.dumps(extra_conditions(request, 1, text="cramp\u0000cramp")).encode()
+    if name == "huge-number":
+        return path, extreme_observation(
+            request, rng.choice(["1e308", "-1e308", "1.7976931348623157e308"]), "2000-01-01"
+        )
+    if name == "tiny-number":
+        return path, extreme_observation(request, rng.choice(["3e-05", "5e-324", "1e-300"]), "2000-01-01")
+    if name == "calendar-edge-dates":
+        when = rng.choice(["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-01:00", "0001-01-01"])
+        return path, extreme_observation(request, "12", when)
+    if name == "draft-order-nested-300-deep":
+        signed = order_sign(case, CALCIUM)
+        signed["context"]["draftOrders"]["entry"][0]["resource"]["note"] = nested(300)
+        return "/cds-services/calcium-order-check", json.dumps(signed).encode()
+    count = 3000 if name == "large-under-the-limits" else 5001
+    key = (case.name, count)
+    if key not in _LARGE:  # built once per case: the body is the same but for its hookInstance
+        _LARGE[key] = json.dumps(extra_conditions(case.hook_request, count)).encode()
+    body = _LARGE[key].replace(
+        json.dumps(case.hook_request["hookInstance"]).encode(), json.dumps(str(uuid.uuid4())).encode(), 1
+    )
+    return path, body
+
+
 async def one(client: httpx.AsyncClient, rng: random.Random, cases: list[Case], tally: Tally) -> None:
     kind = rng.choices(list(MIX), weights=list(MIX.values()))[0]
     case = rng.choice(cases)
@@ -183,6 +314,15 @@ async def one(client: httpx.AsyncClient, rng: random.Random, cases: list[Case], 
             tally.feedback_acked.add((card, outcome))
         elif response.status_code == 503:
             tally.cards.append(card)  # the client retries later, as Retry-After asks
+    elif kind == "hostile":
+        name = rng.choice(list(HOSTILE))
+        path, body = hostile_body(name, case, rng)
+        response = await client.post(path, content=body, headers={"Content-Type": "application/json"})
+        tally.saw(f"hostile:{name}", response)
+        if response.status_code not in HOSTILE[name]:
+            tally.wrong.append(f"hostile:{name} {case.name}: {response.status_code} {response.text[:200]}")
+        elif response.status_code == 200 and name in SAME_ANSWER and topics(response) != case.topics:
+            tally.wrong.append(f"hostile:{name} {case.name}: {sorted(topics(response))}")
     else:
         name, path, body, status = rng.choice(BAD)
         if name == "wrong-hook":
@@ -206,8 +346,42 @@ async def one(client: httpx.AsyncClient, rng: random.Random, cases: list[Case], 
             tally.wrong.append(f"bad:{name}: {response.status_code}, expected {status}")
 
 
+@dataclass
+class Signer:
+    """A CDS client's ES384 key, trusted by the service through a trusted-issuers file; a fresh JWT per call."""
+
+    iss: str = "https://soak-ehr.example.org"
+    kid: str = "soak-key-1"
+    key: ec.EllipticCurvePrivateKey = field(default_factory=lambda: ec.generate_private_key(ec.SECP384R1()))
+
+    def write_trusted_issuers(self, path: Path) -> Path:
+        public = jwt.algorithms.ECAlgorithm.to_jwk(self.key.public_key(), as_dict=True)
+        jwks = {"keys": [{**public, "kid": self.kid, "use": "sig", "alg": "ES384"}]}
+        path.write_text(json.dumps({"issuers": [{"iss": self.iss, "jwks": jwks}]}), encoding="utf-8")
+        return path
+
+    async def sign(self, request: httpx.Request) -> None:
+        now = int(time.time())
+        claims = {
+            "iss": self.iss,
+            "sub": "soak-client",
+            "aud": str(request.url.copy_with(query=None)),
+            "iat": now,
+            "exp": now + 300,
+            "jti": str(uuid.uuid4()),
+        }
+        token = jwt.encode(claims, self.key, algorithm="ES384", headers={"kid": self.kid, "typ": "JWT"})
+        request.headers["Authorization"] = f"Bearer {token}"
+
+
 async def drive(
-    base: str, seconds: float, concurrency: int, cases: list[Case], tally: Tally, seed: int
+    base: str,
+    seconds: float,
+    concurrency: int,
+    cases: list[Case],
+    tally: Tally,
+    seed: int,
+    signer: Signer | None = None,
 ) -> None:
     deadline = time.monotonic() + seconds
     # Drop idle connections before uvicorn does (its keep-alive timeout is 5 s): a request sent on a
@@ -216,7 +390,8 @@ async def drive(
     limits = httpx.Limits(
         max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=4.0
     )
-    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
+    hooks = {"request": [signer.sign]} if signer is not None else {}
+    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits, event_hooks=hooks) as client:
 
         async def worker(index: int) -> None:
             rng = random.Random(seed * 1000 + index)
@@ -255,7 +430,12 @@ def stored_feedback(database_url: str) -> set[tuple[str, str]]:
 
 
 def run_soak(
-    *, seconds: float, concurrency: int = 32, workers: int = 2, database_url: str | None = None
+    *,
+    seconds: float,
+    concurrency: int = 32,
+    workers: int = 2,
+    database_url: str | None = None,
+    use_jwt: bool = False,
 ) -> dict[str, Any]:
     """Start the service, drive it, stop it; return the summary (with `ok` and the failed `checks`)."""
     with tempfile.TemporaryDirectory(prefix="cds-soak-") as tmp:
@@ -264,11 +444,20 @@ def run_soak(
         base = f"http://127.0.0.1:{port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("CDS_")}
         env |= {"CDS_DATABASE_URL": url, "CDS_LOG_LEVEL": "WARNING"}
+        signer = Signer() if use_jwt else None
+        command = [str(CDS), "serve", "--port", str(port), "--workers", str(workers)]
+        if signer is None:
+            command.append("--dev")
+        else:
+            env |= {
+                "CDS_TRUSTED_ISSUERS": str(signer.write_trusted_issuers(Path(tmp) / "trusted-issuers.json")),
+                "CDS_PATIENT_HASH_KEY": uuid.uuid4().hex,
+                "CDS_PUBLIC_BASE_URL": base,
+            }
         log_path = Path(tmp) / "serve.log"
         with log_path.open("w") as log:
             process = subprocess.Popen(
-                # The cases are shifted to today (load_cases), so the dev demo clock must be off.
-                [str(CDS), "serve", "--dev", "--now", "real", "--port", str(port), "--workers", str(workers)],
+                command,
                 cwd=ROOT,
                 env=env,
                 stdout=subprocess.DEVNULL,
@@ -280,10 +469,10 @@ def run_soak(
                 tally = Tally()
                 warmup = min(5.0, seconds / 5)
                 began = time.monotonic()
-                asyncio.run(drive(base, warmup, concurrency, cases, tally, seed=1))
+                asyncio.run(drive(base, warmup, concurrency, cases, tally, seed=1, signer=signer))
                 pids = worker_pids(process.pid)
                 rss_start = {pid: round(rss_mb(pid), 1) for pid in pids}
-                asyncio.run(drive(base, seconds - warmup, concurrency, cases, tally, seed=2))
+                asyncio.run(drive(base, seconds - warmup, concurrency, cases, tally, seed=2, signer=signer))
                 elapsed = time.monotonic() - began
                 rss_end = {pid: round(rss_mb(pid), 1) for pid in worker_pids(process.pid)}
             finally:
@@ -313,6 +502,7 @@ def run_soak(
         "concurrency": concurrency,
         "workers": workers,
         "store": url.split(":", 1)[0],
+        "auth": "jwt" if use_jwt else "off (--dev)",
         "requests": total,
         "requests_per_second": round(total / elapsed, 1),
         "by_kind_and_status": dict(sorted(tally.requests.items())),
@@ -336,12 +526,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--jwt", action="store_true", default=os.environ.get("SOAK_JWT", "") not in ("", "0"), help="JWT on"
+    )
     args = parser.parse_args(argv)
     summary = run_soak(
         seconds=args.seconds,
         concurrency=args.concurrency,
         workers=args.workers,
         database_url=os.environ.get("CDS_DATABASE_URL"),
+        use_jwt=args.jwt,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
