@@ -99,7 +99,8 @@ fuzz: $(STAMP)
 		-dict=tests/fuzz/fhir.dict -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -artifact_prefix=var/fuzz-
 
 # The soak of issue 5: `cds serve` (2 workers) at concurrency 32 for SOAK_SECONDS (600), checked for 5xx,
-# wrong answers, RSS growth and lost feedback; writes bench/results/soak.json. PostgreSQL: set CDS_DATABASE_URL.
+# wrong answers, RSS growth and lost feedback; writes bench/results/soak.json. PostgreSQL: set CDS_DATABASE_URL;
+# JWT on (every call signed, as EHRs do): SOAK_JWT=1.
 SOAK_SECONDS ?= 600
 soak: $(STAMP)
 	SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/python -m bench.soak

@@ -25,13 +25,15 @@ def test_moved_fixtures_keep_their_intervals() -> None:
 
 
 @pytest.mark.slow
-def test_a_short_soak_holds_every_check() -> None:
-    summary = run_soak(seconds=15, concurrency=32, workers=2)
+@pytest.mark.parametrize("use_jwt", [False, True], ids=["dev", "jwt"])
+def test_a_short_soak_holds_every_check(use_jwt: bool) -> None:
+    summary = run_soak(seconds=15, concurrency=32, workers=2, use_jwt=use_jwt)
     print(summary)
     statuses = summary["by_kind_and_status"]
     for kind in ("patient-view 200", "order-sign 200", "evaluate 200", "feedback 200"):
         assert statuses.get(kind, 0) > 0, kind
     assert any(key.startswith("bad:") for key in statuses)
+    assert any(key.startswith("hostile:") for key in statuses)
     failed = [name for name, passed in summary["checks"].items() if not passed]
     # Memory over 15 s says little (the warm-up is 3 s); `make soak` judges it over 10 minutes.
     failed = [name for name in failed if "RSS" not in name]
