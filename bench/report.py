@@ -135,4 +135,8 @@ def render(report: dict[str, Any], targets: dict[str, float]) -> str:
         f"`cds serve --dev` to the first 200 from /readyz: {_spread(report['startup_s'], '{:.2f}')} s.",
         "",
     ]
+    if report.get("complexity"):
+        from bench.complexity import render_complexity
+
+        lines += render_complexity(report["complexity"], report.get("complexity_when", ""))
     return "\n".join(lines)

@@ -21,6 +21,8 @@ from typing import Any
 
 import orjson
 
+from bench.complexity import SIZES as COMPLEXITY_SIZES
+from bench.complexity import bench_complexity
 from bench.inprocess import bench_inprocess, bench_inprocess_memory
 from bench.load import cds_server, echo_server, free_port, rss_mb, run_hey_csv, send_requests
 from bench.patients import as_hook_request, make_patient
@@ -173,6 +175,10 @@ def main() -> None:
         report["http"] = bench_http(duration=duration, repeats=repeats, workdir=workdir)
         print("server memory ...", flush=True)
         report["server_memory"] = bench_server_memory(calls=calls, workdir=workdir)
+        print("complexity ...", flush=True)
+        report["complexity"] = bench_complexity(
+            sizes=COMPLEXITY_SIZES if repeats > 1 else (10, 100), repeats=repeats
+        )
     report["elapsed_s"] = time.time() - began
     (out / "latest.json").write_text(json.dumps(report, indent=1))
     from bench.report import render

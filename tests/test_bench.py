@@ -96,3 +96,14 @@ def test_whole_bench_smoke_writes_the_report(tmp_path: Path, monkeypatch: pytest
     assert "## Summary against the targets" in markdown
     assert "cramp-assessment" in markdown
     assert render(report, bench_run.TARGETS) == markdown
+
+
+def test_complexity_smoke_reports_a_cost_per_resource_for_each_shape() -> None:
+    from bench.complexity import SHAPES, bench_complexity, growth, render_complexity
+
+    rows = bench_complexity(sizes=(10, 100, 1000), repeats=1)
+    assert {r["shape"] for r in rows} == set(SHAPES)
+    assert all(r["us_per_resource"] > 0 and r["resources"] in (10, 100, 1000) for r in rows)
+    assert all(growth(rows, shape) is not None for shape in SHAPES)
+    markdown = "\n".join(render_complexity(rows))
+    assert "µs per resource" in markdown
