@@ -78,7 +78,6 @@ clean:
 
 # The benchmarks of bench/README.md; writes bench/results/latest.md and latest.json (about 20 minutes).
 bench: $(STAMP)
-	@command -v hey >/dev/null || { echo "make bench: installing the load tool hey (apt-get)"; apt-get install -y -q hey; }
 	$(BIN)/python -m bench.run
 	$(BIN)/python -m bench.screen
 

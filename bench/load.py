@@ -1,9 +1,9 @@
-"""HTTP benchmark pieces: start a server, wait for readiness, drive it with `hey`, read RSS."""
+"""HTTP benchmark pieces: start a server, wait for readiness, drive it with bench.loadgen, read RSS and CPU."""
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -86,12 +86,14 @@ def serve(
             process.wait()
 
 
-def cds_server(port: int, workers: int, db: Path) -> Any:
+def cds_server(port: int, workers: int, db: Path | str) -> Any:
+    """`cds serve --dev`; `db` is a SQLite file or a database URL (PostgreSQL)."""
+    url = db if isinstance(db, str) else f"sqlite:///{db}"
     return serve(
         [str(BIN / "cds"), "serve", "--dev", "--port", str(port), "--workers", str(workers)],
         port,
         "/readyz",
-        env={"CDS_DATABASE_URL": f"sqlite:///{db}", "CDS_LOG_LEVEL": "WARNING"},
+        env={"CDS_DATABASE_URL": url, "CDS_LOG_LEVEL": "WARNING"},
     )
 
 
@@ -115,40 +117,26 @@ def echo_server(port: int, workers: int) -> Any:
     )
 
 
-def hey_path() -> str:
-    found = shutil.which("hey")
-    if found is None:
-        raise RuntimeError("the load tool `hey` is not installed: apt-get install hey")
-    return found
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU time the processes have used so far (steadier than req/s on a shared machine)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / tick
 
 
-def hey_command(body: Path, concurrency: int) -> list[str]:
-    return [hey_path(), "-c", str(concurrency), "-m", "POST", "-T", "application/json", "-D", str(body)]
+def drive(
+    url: str, bodies: Path, *, concurrency: int, duration_s: float | None = None, count: int | None = None
+) -> dict[str, Any]:
+    """One run of bench.loadgen in its own process, cycling through every body in `bodies` (JSON lines)."""
+    limit = ["--duration", str(duration_s)] if duration_s is not None else ["--count", str(count)]
+    command = [sys.executable, "-m", "bench.loadgen", url, str(bodies), str(concurrency), *limit]
+    output = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    result: dict[str, Any] = json.loads(output)
+    return result
 
 
-def send_requests(url: str, body: Path, *, count: int, concurrency: int = 8) -> None:
-    """Fire `count` requests and wait for them (warm-up and memory runs; no figures kept)."""
-    subprocess.run([*hey_command(body, concurrency), "-n", str(count), url], capture_output=True, check=True)
-
-
-def run_hey_csv(url: str, body: Path, *, concurrency: int, duration_s: float) -> dict[str, Any]:
-    """One timed `hey` run, read from its per-request CSV so that p99.9 and non-200 counts are exact."""
-    command = [*hey_command(body, concurrency), "-z", f"{duration_s}s", "-o", "csv", url]
-    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    rows = [line.split(",") for line in output.splitlines()[1:] if line]
-    latencies = sorted(float(r[0]) * 1000 for r in rows)
-    statuses: dict[int, int] = {}
-    for row in rows:
-        statuses[int(row[6])] = statuses.get(int(row[6]), 0) + 1
-    offsets = [float(r[7]) for r in rows]
-    span = (max(offsets) - min(offsets) + latencies[-1] / 1000) if offsets else 0.0
-
-    def pct(p: float) -> float:
-        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] if latencies else float("nan")
-
-    return {
-        "requests": len(rows),
-        "rps": len(rows) / span if span else 0.0,
-        "latency_ms": {"p50": pct(0.50), "p99": pct(0.99), "p99.9": pct(0.999)},
-        "statuses": statuses,
-    }
+def load_average() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])

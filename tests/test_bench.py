@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import orjson
@@ -16,8 +15,6 @@ from bench.report import measured, render
 from cds.evaluation import Evaluator
 from cds.intake import load_json
 from tests.conftest import ROOT
-
-needs_hey = pytest.mark.skipif(shutil.which("hey") is None, reason="the load tool hey is not installed")
 
 
 @pytest.mark.parametrize("size", [4, 10, 50, 250])
@@ -72,7 +69,6 @@ def test_inprocess_memory_smoke() -> None:
     assert result["rss_after_mb"] > 0
 
 
-@needs_hey
 def test_whole_bench_smoke_writes_the_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The full `make bench` path with tiny durations: servers start, hey runs, the report is written."""
     for name, value in {
@@ -81,6 +77,10 @@ def test_whole_bench_smoke_writes_the_report(tmp_path: Path, monkeypatch: pytest
         "BENCH_RUNS": "10",
         "BENCH_MEMORY_CALLS": "200",
         "BENCH_SIZES": "10,50",
+        "BENCH_PATIENTS": "20",
+        "BENCH_WORKERS": "1",
+        "BENCH_CONCURRENCY": "8",
+        "BENCH_DATABASES": "sqlite",
         "BENCH_OUT": str(tmp_path),
     }.items():
         monkeypatch.setenv(name, value)
@@ -89,9 +89,14 @@ def test_whole_bench_smoke_writes_the_report(tmp_path: Path, monkeypatch: pytest
     report = json.loads((tmp_path / "latest.json").read_text())
     assert {r["target"] for r in report["http"]} == {"cramp-assessment", "echo"}
     assert all(r["non_200"] == 0 and r["requests"] > 0 for r in report["http"])
+    assert all(r["patients"] == 20 and r["cpu_ms_per_request"]["median"] > 0 for r in report["http"])
     assert report["startup_s"]["median"] > 0
     got = measured(report)
-    assert all(value is not None for name, value in got.items() if name != "inprocess_1000_median_us")
+    assert all(
+        value is not None
+        for name, value in got.items()
+        if name not in {"inprocess_1000_median_us", "http_50_c8_w1_postgresql_vs_sqlite"}
+    )
     markdown = (tmp_path / "latest.md").read_text()
     assert "## Summary against the targets" in markdown
     assert "cramp-assessment" in markdown
@@ -107,3 +112,17 @@ def test_complexity_smoke_reports_a_cost_per_resource_for_each_shape() -> None:
     assert all(growth(rows, shape) is not None for shape in SHAPES)
     markdown = "\n".join(render_complexity(rows))
     assert "µs per resource" in markdown
+
+
+def test_loadgen_cycles_every_body_of_the_population(tmp_path: Path) -> None:
+    """bench.loadgen sends each distinct body in turn (hey could send only one), against the echo server."""
+    from bench.load import drive, echo_server, free_port
+
+    bodies = tmp_path / "bodies.jsonl"
+    bodies.write_bytes(b"".join(orjson.dumps({"n": n}) + b"\n" for n in range(10)))
+    port = free_port()
+    with echo_server(port, 1) as running:
+        result = drive(running.base_url + "/echo", bodies, concurrency=3, count=25)
+    assert result["requests"] == 25
+    assert result["distinct_bodies"] == 10
+    assert result["statuses"] == {"200": 25}
