@@ -46,9 +46,13 @@ def chromium_missing_reason() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium_browser() -> Iterator[Browser]:
-    """One headless chromium for the whole session (starting it takes about a second)."""
+    """One headless chromium per test module (starting it takes about a second).
+
+    Not per session: while playwright's sync API is open it leaves an event loop marked as running in
+    the main thread, so every later test in the same process that calls `asyncio.run` fails.
+    """
     reason = chromium_missing_reason()
     if reason is not None:
         pytest.skip(reason)
