@@ -260,3 +260,37 @@ def test_usable_latest_result_hides_older_unreadable_ones(evaluator: Evaluator) 
     found = result.record.labs["vitamin-d-25oh"]
     assert (found.band, found.earlier, found.newer_unreadable) == ("normal", False, None)
     assert lab_fact(result, "vitamin-d-25oh")["unreadable"] is False
+
+
+def test_the_tie_key_is_computed_only_for_results_at_the_same_time(
+    evaluator: Evaluator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tie key serialises a whole model; results at distinct times never need it (work counted)."""
+    import orjson
+
+    from bench.patients import NOW, make_patient
+    from cds.intake import load_json
+    from cds.record import labs
+
+    calls: list[str] = []
+    original = labs._tie_key
+
+    def counting(resource: Any) -> tuple[str, str]:
+        calls.append(resource.key)
+        return original(resource)
+
+    monkeypatch.setattr(labs, "_tie_key", counting)
+    bundle = make_patient(250)  # many results per analyte, in and out of their windows, no two at one time
+    evaluator.evaluate_document(load_json(orjson.dumps(bundle)), now=NOW)
+    assert calls == []
+    # A second result at the very time of the newest vitamin D result: now the tie key decides.
+    vitamin_d = [
+        e["resource"]
+        for e in bundle["entry"]
+        if e["resource"]["resourceType"] == "Observation"
+        and e["resource"]["code"]["coding"][0]["code"] == "62292-8"
+    ]
+    tied = dict(max(vitamin_d, key=lambda r: str(r["effectiveDateTime"])), id="tied-copy")
+    bundle["entry"].append({"fullUrl": "urn:uuid:00000000-0000-0000-0000-00000000abcd", "resource": tied})
+    evaluator.evaluate_document(load_json(orjson.dumps(bundle)), now=NOW)
+    assert len(calls) >= 2
