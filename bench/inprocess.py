@@ -29,7 +29,7 @@ SYNTHEA = (
 STAGES = {
     "parse": ("cds/intake.py", "load_json"),
     "intake+validate": ("cds/intake.py", "validate_entries"),
-    "normalise": ("cds/record.py", "build_record"),
+    "normalise": ("cds/record/__init__.py", "build_record"),
     "facts": ("cds/facts.py", "build_facts"),
     "engine": ("cds/engine.py", "evaluate"),
     "cards": ("cds/cards.py", "render_cards"),
