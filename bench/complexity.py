@@ -31,11 +31,9 @@ RESULTS = ROOT / "bench" / "results"
 SIZES = (10, 100, 1000, 5000, 20000)
 
 
-def read_conditions(count: int) -> dict[str, Any]:
-    """A patient-view request whose prefetch holds `count` active Conditions the rules read."""
-    request = as_hook_request(make_patient(4))
-    patient = request["context"]["patientId"]
-    request["prefetch"]["conditions"] = {
+def active_conditions(patient: str, count: int) -> dict[str, Any]:
+    """A searchset of `count` active Conditions the rules read (cramp and varicose veins, alternating)."""
+    return {
         "resourceType": "Bundle",
         "type": "searchset",
         "entry": [
@@ -62,6 +60,12 @@ def read_conditions(count: int) -> dict[str, Any]:
             for i in range(count)
         ],
     }
+
+
+def read_conditions(count: int) -> dict[str, Any]:
+    """A patient-view request whose prefetch holds `count` active Conditions the rules read."""
+    request = as_hook_request(make_patient(4))
+    request["prefetch"]["conditions"] = active_conditions(request["context"]["patientId"], count)
     return request
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from bench.complexity import active_conditions
 from cds import cards
 from cds.cards import render_cards
 from cds.evaluation import Evaluator
@@ -27,33 +28,7 @@ PATIENT = "hook-patient"
 def request_with_conditions(count: int) -> dict[str, Any]:
     """The fixture request with `count` active Conditions that the rules read (cramp and varicose veins)."""
     request = hook_request()
-    request["prefetch"]["conditions"] = {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "entry": [
-            {
-                "resource": {
-                    "resourceType": "Condition",
-                    "id": f"c{i}",
-                    "clinicalStatus": {
-                        "coding": [
-                            {
-                                "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
-                                "code": "active",
-                            }
-                        ]
-                    },
-                    "code": {
-                        "coding": [
-                            {"system": "http://snomed.info/sct", "code": ("55300003", "72866009")[i % 2]}
-                        ]
-                    },
-                    "subject": {"reference": f"Patient/{PATIENT}"},
-                }
-            }
-            for i in range(count)
-        ],
-    }
+    request["prefetch"]["conditions"] = active_conditions(PATIENT, count)
     return request
 
 
