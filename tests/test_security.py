@@ -8,9 +8,8 @@ import hmac
 import json
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,8 @@ from cds.security import (
     load_trusted_issuers,
 )
 from cds.store import Store
+from tests.support.jwks import JwksServer
+from tests.support.jwks import jwks_server as serve_jwks
 
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 TS = int(NOW.timestamp())
@@ -83,51 +84,10 @@ def keys() -> Keys:
 # --------------------------------------------------------------------------- a real JWKS server
 
 
-@dataclass
-class JwksServer:
-    base: str
-    routes: dict[str, bytes]
-    hits: dict[str, int] = field(default_factory=dict)
-
-    def serve(self, path: str, document: dict[str, Any]) -> str:
-        self.routes[path] = json.dumps(document).encode()
-        return self.base + path
-
-
-def _handler_for(server: JwksServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            server.hits[self.path] = server.hits.get(self.path, 0) + 1
-            body = server.routes.get(self.path)
-            if body is None:
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    return Handler
-
-
 @pytest.fixture
 def jwks_server() -> Iterator[JwksServer]:
-    state = JwksServer(base="", routes={})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(state))
-    httpd.daemon_threads = True
-    state.base = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        yield state
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
+    with serve_jwks() as server:
+        yield server
 
 
 # --------------------------------------------------------------------------- token helpers
