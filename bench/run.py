@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import platform
-import secrets
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from bench.complexity import bench_complexity
 from bench.inprocess import bench_inprocess, bench_inprocess_memory
 from bench.load import cds_server, cpu_seconds, drive, echo_server, free_port, load_average, rss_mb
 from bench.patients import as_hook_request, make_patient
+from bench.pgdatabase import fresh_postgres
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = {
@@ -68,23 +68,8 @@ def database(kind: str, workdir: Path, label: str) -> Iterator[str | None]:
     if kind == "sqlite":
         yield f"sqlite:///{workdir / f'{label}.sqlite3'}"
         return
-    import psycopg
-    from psycopg import sql
-
-    host, port = os.environ.get("BENCH_PG_HOST", "127.0.0.1"), os.environ.get("BENCH_PG_PORT", "5432")
-    admin = f"host={host} port={port} user=postgres dbname=postgres connect_timeout=3"
-    name = f"cds_bench_http_{secrets.token_hex(4)}"
-    try:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    except psycopg.Error:
-        yield None
-        return
-    try:
-        yield f"postgresql+psycopg://postgres@{host}:{port}/{name}"
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    with fresh_postgres("cds_bench_http") as url:
+        yield url
 
 
 def _measure(server: Any, path: str, bodies: Path, concurrency: int, duration: float) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.pgdatabase import fresh_postgres
 from cds.cardwriter import CardWriter
 from cds.store import CardBacklog, IssuedCard, PendingCards, Store
 
@@ -127,29 +128,16 @@ def sqlite_store() -> Iterator[Store]:
 
 @contextlib.contextmanager
 def postgres_store() -> Iterator[Store | None]:
-    try:
-        import psycopg
-        from psycopg import sql
-    except ImportError:
-        yield None
-        return
-    host, port = os.environ.get("BENCH_PG_HOST", "127.0.0.1"), int(os.environ.get("BENCH_PG_PORT", "5432"))
-    admin = f"host={host} port={port} user=postgres dbname=postgres connect_timeout=3"
-    name = f"cds_bench_store_{secrets.token_hex(4)}"
-    try:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    except psycopg.Error:
-        yield None
-        return
-    store = Store(f"postgresql+psycopg://postgres@{host}:{port}/{name}")
-    try:
-        store.migrate()
-        yield store
-    finally:
-        store.close()
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    with fresh_postgres("cds_bench_store") as url:
+        if url is None:
+            yield None
+            return
+        store = Store(url)
+        try:
+            store.migrate()
+            yield store
+        finally:
+            store.close()
 
 
 def run(calls: int, concurrencies: list[int], repeats: int) -> list[dict[str, Any]]:
