@@ -450,9 +450,36 @@ def test_encode_scalar_writes_a_decimal_point_in_every_float_mantissa() -> None:
         encode_scalar(float("inf"))
 
 
+scalars = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.integers(min_value=-(2**80), max_value=2**80),
+    st.booleans(),
+    st.text(max_size=12),
+    st.sampled_from(
+        ["1e-7", "x9e+2", "none-low", "null"]
+    ),  # strings that look like what the fast path avoids
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.dictionaries(st.sampled_from(["id", "type", "value", "band", "age"]), scalars), max_size=5)
+)
+def test_encode_facts_writes_every_value_as_it_is_and_every_exponent_with_a_decimal_point(
+    batch: list[dict[str, Any]],
+) -> None:
+    """Whichever way encode_facts takes (orjson, or value by value), the text reads back as the batch and
+    holds no number durable misreads (an exponent after a mantissa without a decimal point)."""
+    numbers: list[str] = []
+    text = encode_facts(batch)
+    assert json.loads(text, parse_float=lambda t: numbers.append(t) or float(t)) == batch
+    assert [t for t in numbers if "e" in t.lower() and "." not in t.lower().partition("e")[0]] == []
+
+
 def test_a_fact_the_engine_misreads_is_an_error_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """The safety net: were the engine to misread a fact again, evaluate raises instead of answering less."""
-    monkeypatch.setattr(engine_module, "encode_scalar", lambda v: json.dumps(v))  # durable's own writing
+    # durable's own writing (json.dumps), which puts 3e-05 as the engine misreads it
+    monkeypatch.setattr(engine_module, "encode_facts", lambda facts: json.dumps(list(facts)))
     engine = RuleEngine([LOW_EGFR])
     with pytest.raises(EngineError, match=r"did not read facts f1 as sent: rules egfr-low should have fired"):
         engine.evaluate([lab(3e-05)])

@@ -20,6 +20,8 @@ from cds.intake import Resource
 
 
 def refuse_modifier_extensions(resource: Resource) -> None:
+    if not resource.may_modify:
+        return
     for path, extension in _modifiers(resource.model, ""):
         url = getattr(extension, "url", None)
         raise FhirValidationError(
