@@ -86,15 +86,63 @@ def serve(
             process.wait()
 
 
-def cds_server(port: int, workers: int, db: Path | str) -> Any:
-    """`cds serve --dev`; `db` is a SQLite file or a database URL (PostgreSQL)."""
+@dataclass(frozen=True)
+class ClientKey:
+    """A benchmark CDS client: its ES384 key (PEM) and the trusted-issuers file that makes the service
+    accept its tokens (bench.loadgen signs a fresh JWT for every request with it)."""
+
+    pem: Path
+    trusted_issuers: Path
+    iss: str = "https://bench-ehr.example.org"
+    kid: str = "bench-key-1"
+
+    @classmethod
+    def create(cls, folder: Path) -> ClientKey:
+        import jwt
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        key = ec.generate_private_key(ec.SECP384R1())
+        pem = folder / "bench-client.pem"
+        pem.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        made = cls(pem=pem, trusted_issuers=folder / "bench-trusted-issuers.json")
+        public = jwt.algorithms.ECAlgorithm.to_jwk(key.public_key(), as_dict=True)
+        jwks = {"keys": [{**public, "kid": made.kid, "use": "sig", "alg": "ES384"}]}
+        made.trusted_issuers.write_text(json.dumps({"issuers": [{"iss": made.iss, "jwks": jwks}]}))
+        return made
+
+    def loadgen_args(self, tokens: int) -> list[str]:
+        return [
+            "--jwt-key",
+            str(self.pem),
+            "--jwt-iss",
+            self.iss,
+            "--jwt-kid",
+            self.kid,
+            "--tokens",
+            str(tokens),
+        ]
+
+
+def cds_server(port: int, workers: int, db: Path | str, client: ClientKey | None = None) -> Any:
+    """`cds serve --dev` (no authentication), or with `client` the real service with JWT on (on the
+    machine clock: --dev's fixed evaluation day is for --dev only); `db` is a SQLite file or a URL."""
     url = db if isinstance(db, str) else f"sqlite:///{db}"
-    return serve(
-        [str(BIN / "cds"), "serve", "--dev", "--port", str(port), "--workers", str(workers)],
-        port,
-        "/readyz",
-        env={"CDS_DATABASE_URL": url, "CDS_LOG_LEVEL": "WARNING"},
-    )
+    env = {"CDS_DATABASE_URL": url, "CDS_LOG_LEVEL": "WARNING"}
+    command = [str(BIN / "cds"), "serve", "--port", str(port), "--workers", str(workers)]
+    if client is None:
+        command.append("--dev")
+    else:
+        env |= {
+            "CDS_TRUSTED_ISSUERS": str(client.trusted_issuers),
+            "CDS_PATIENT_HASH_KEY": "bench-" + "0" * 32,
+            "CDS_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
+        }
+    return serve(command, port, "/readyz", env=env)
 
 
 def echo_server(port: int, workers: int) -> Any:
@@ -127,12 +175,26 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     return total / tick
 
 
+# Tokens signed ahead per second of a JWT run: above any rate one worker pair reached here (echo aside).
+TOKENS_PER_SECOND = 600
+
+
 def drive(
-    url: str, bodies: Path, *, concurrency: int, duration_s: float | None = None, count: int | None = None
+    url: str,
+    bodies: Path,
+    *,
+    concurrency: int,
+    duration_s: float | None = None,
+    count: int | None = None,
+    client: ClientKey | None = None,
 ) -> dict[str, Any]:
-    """One run of bench.loadgen in its own process, cycling through every body in `bodies` (JSON lines)."""
+    """One run of bench.loadgen in its own process, cycling through every body in `bodies` (JSON lines);
+    with `client`, every request signed (tokens signed before the measured window)."""
     limit = ["--duration", str(duration_s)] if duration_s is not None else ["--count", str(count)]
     command = [sys.executable, "-m", "bench.loadgen", url, str(bodies), str(concurrency), *limit]
+    if client is not None:
+        tokens = count if count is not None else int((duration_s or 0) * TOKENS_PER_SECOND) + 100
+        command += client.loadgen_args(tokens)
     output = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT).stdout
     result: dict[str, Any] = json.loads(output)
     return result

@@ -5,6 +5,11 @@ Run in its own process so that it does not share an interpreter with the server:
 object: requests, rps, latency percentiles (ms), statuses. Each of the CONCURRENCY connections is kept
 alive and takes the next body of the population in turn, so a run of N requests sends
 min(N, population) distinct bodies.
+
+JWT on (`--jwt-key PEM --jwt-iss ISS --jwt-kid KID`): every request carries its own ES384 token (a new
+jti each: the service refuses a replayed one), as a CDS client signs them, with `aud` the URL. The
+tokens are signed before the clock starts (`--tokens`, enough for the run), so the load tool's signing
+does not take CPU from the server during the measured window; more are signed inline if they run out.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import itertools
 import json
 import sys
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -48,19 +55,49 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
+def token_signer(pem: bytes, iss: str, kid: str, audience: str) -> Callable[[], str]:
+    """A function giving a fresh ES384 client JWT for `audience` on every call (CDS Hooks 2.0 claims)."""
+    import jwt  # PyJWT, a dependency of the service
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    key = load_pem_private_key(pem, password=None)
+
+    def sign() -> str:
+        now = int(time.time())
+        claims = {"iss": iss, "aud": audience, "iat": now, "exp": now + 300, "jti": str(uuid.uuid4())}
+        return jwt.encode(claims, key, algorithm="ES384", headers={"kid": kid, "typ": "JWT"})  # type: ignore[arg-type]
+
+    return sign
+
+
 async def run(
-    url: str, bodies: list[bytes], concurrency: int, *, duration: float | None, count: int | None
+    url: str,
+    bodies: list[bytes],
+    concurrency: int,
+    *,
+    duration: float | None,
+    count: int | None,
+    sign: Callable[[], str] | None = None,
+    tokens: int = 0,
 ) -> dict[str, Any]:
     parts = urlsplit(url)
     host, port, path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path or "/"
     heads = [
         (
             f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
+            f"Content-Length: {len(body)}\r\n"
         ).encode()
-        + body
         for body in bodies
     ]
+    signed = [sign() for _ in range(tokens)] if sign is not None else []
+    signed.reverse()
+
+    def request_for(index: int) -> bytes:
+        if sign is None:
+            return heads[index] + b"\r\n" + bodies[index]
+        token = signed.pop() if signed else sign()
+        return heads[index] + f"Authorization: Bearer {token}\r\n\r\n".encode() + bodies[index]
+
     order = itertools.cycle(range(len(heads)))
     latencies: list[float] = []
     statuses: dict[int, int] = {}
@@ -79,7 +116,7 @@ async def run(
         try:
             while more():
                 sent += 1
-                request = heads[next(order)]
+                request = request_for(next(order))
                 start = time.perf_counter()
                 writer.write(request)
                 status = await _read_response(reader)
@@ -113,9 +150,26 @@ def main(argv: list[str] | None = None) -> None:
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--duration", type=float)
     group.add_argument("--count", type=int)
+    parser.add_argument("--jwt-key", type=Path, help="PEM file of the client's EC P-384 private key")
+    parser.add_argument("--jwt-iss", default="https://bench-ehr.example.org")
+    parser.add_argument("--jwt-kid", default="bench-key-1")
+    parser.add_argument("--tokens", type=int, default=0, help="tokens signed before the clock starts")
     args = parser.parse_args(argv)
+    sign = (
+        token_signer(args.jwt_key.read_bytes(), args.jwt_iss, args.jwt_kid, args.url)
+        if args.jwt_key is not None
+        else None
+    )
     result = asyncio.run(
-        run(args.url, read_bodies(args.bodies), args.concurrency, duration=args.duration, count=args.count)
+        run(
+            args.url,
+            read_bodies(args.bodies),
+            args.concurrency,
+            duration=args.duration,
+            count=args.count,
+            sign=sign,
+            tokens=args.tokens,
+        )
     )
     sys.stdout.write(json.dumps(result) + "\n")
 

@@ -40,8 +40,8 @@ MEDICATIONS = [
 ]
 
 
-def make_patient(size: int, seed: int = 7) -> dict[str, Any]:
-    """A collection Bundle of exactly `size` resources about one patient (size >= 4)."""
+def make_patient(size: int, seed: int = 7, now: datetime = NOW) -> dict[str, Any]:
+    """A collection Bundle of exactly `size` resources about one patient (size >= 4), dated before `now`."""
     rng = random.Random(seed * 1_000_003 + size)
     entries: list[dict[str, Any]] = []
 
@@ -58,11 +58,11 @@ def make_patient(size: int, seed: int = 7) -> dict[str, Any]:
         }
     )
     patient_ref = {"reference": entries[0]["fullUrl"]}
-    add(_answers(patient_ref, rng))
+    add(_answers(patient_ref, rng, now))
     for index in range(size - 2):
         roll = index % 20
         days = rng.randint(1, 900)
-        when = (NOW - timedelta(days=days)).isoformat()
+        when = (now - timedelta(days=days)).isoformat()
         if roll < 4:
             code, unit, low, high = READ_LABS[rng.randrange(len(READ_LABS))]
             add(_observation(code, unit, round(rng.uniform(low, high), 2), when, patient_ref))
@@ -183,7 +183,7 @@ def _observation(code: str, unit: str, value: float, when: str, subject: dict[st
     }
 
 
-def _answers(subject: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+def _answers(subject: dict[str, Any], rng: random.Random, now: datetime) -> dict[str, Any]:
     yes_no = [
         "cramp-nocturnal",
         "cramp-symmetrical",
@@ -198,7 +198,7 @@ def _answers(subject: dict[str, Any], rng: random.Random) -> dict[str, Any]:
         "status": "completed",
         "questionnaire": "https://cramp-cds.example.org/fhir/Questionnaire/cramp-assessment",
         "subject": subject,
-        "authored": (NOW - timedelta(days=3)).isoformat(),
+        "authored": (now - timedelta(days=3)).isoformat(),
         "item": [{"linkId": "cramps", "item": items}],
     }
 

@@ -10,7 +10,13 @@ def _spread(stat: dict[str, float], fmt: str = "{:.0f}") -> str:
 
 
 def _find_http(
-    report: dict[str, Any], target: str, workers: int, size: int, conc: int, database: str = "sqlite"
+    report: dict[str, Any],
+    target: str,
+    workers: int,
+    size: int,
+    conc: int,
+    database: str = "sqlite",
+    auth: str = "off",
 ) -> dict[str, Any] | None:
     return next(
         (
@@ -18,7 +24,7 @@ def _find_http(
             for r in report["http"]
             if (r["target"], r["workers"], r["prefetch_resources"], r["concurrency"])
             == (target, workers, size, conc)
-            and (target == "echo" or r.get("database", "sqlite") == database)
+            and (target == "echo" or (r.get("database", "sqlite"), r.get("auth", "off")) == (database, auth))
         ),
         None,
     )
@@ -61,7 +67,9 @@ def render(report: dict[str, Any], targets: dict[str, float]) -> str:
         "# cramp-cds benchmark report",
         "",
         f"Run {m['when']} on {m['cpu']} ({m['cores']} cores), Python {m['python']}, {m['platform']}.",
-        "Packages: " + ", ".join(f"{k} {v}" for k, v in m["packages"].items()) + f"; hey {m['hey']}.",
+        "Packages: "
+        + ", ".join(f"{k} {v}" for k, v in m["packages"].items())
+        + f"; load tool {m.get('load_tool', 'hey ' + str(m.get('hey', '?')))}.",
         f"Whole run took {report['elapsed_s']:.0f} s. Figures are medians over repeated runs, spread (min–max) in brackets.",
         "",
         "## Summary against the targets",
@@ -113,10 +121,12 @@ def render(report: dict[str, Any], targets: dict[str, float]) -> str:
         "",
         "Both cycle the same population of distinct generated patients (column `patients`) in the same run. "
         "CPU ms/req is the server processes' user+system CPU time over the requests answered (steadier than "
-        "req/s on a shared machine); `load` is the machine's 1-minute load average during the run.",
+        "req/s on a shared machine); `load` is the machine's 1-minute load average during the run. "
+        "`auth` jwt: the real service (not --dev) with every request carrying its own ES384 client JWT, "
+        "signed by the load tool before the measured window.",
         "",
-        "| target | db | workers | prefetch | patients | conc. | req/s | CPU ms/req | p50 ms | p99 ms | p99.9 ms | load | requests | non-200 | req/s vs echo | CPU vs echo |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| target | db | auth | workers | prefetch | patients | conc. | req/s | CPU ms/req | p50 ms | p99 ms | p99.9 ms | load | requests | non-200 | req/s vs echo | CPU vs echo |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["http"]:
         echo = _find_http(report, "echo", r["workers"], r["prefetch_resources"], r["concurrency"])
@@ -130,7 +140,8 @@ def render(report: dict[str, Any], targets: dict[str, float]) -> str:
         )
         load = _spread(r["load_average"], "{:.1f}") if "load_average" in r else ""
         lines.append(
-            f"| {r['target']} | {r.get('database') or ''} | {r['workers']} | {r['prefetch_resources']} "
+            f"| {r['target']} | {r.get('database') or ''} | {r.get('auth', 'off')} | {r['workers']} "
+            f"| {r['prefetch_resources']} "
             f"| {r.get('patients', 1)} | {r['concurrency']} | {_spread(r['rps'])} "
             f"| {_spread(cpu, '{:.2f}') if cpu else ''} "
             f"| {_spread(r['p50_ms'], '{:.1f}')} | {_spread(r['p99_ms'], '{:.1f}')} | {_spread(r['p99.9_ms'], '{:.1f}')} "

@@ -12,7 +12,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,8 +26,17 @@ import orjson
 from bench.complexity import SIZES as COMPLEXITY_SIZES
 from bench.complexity import bench_complexity
 from bench.inprocess import bench_inprocess, bench_inprocess_memory
-from bench.load import cds_server, cpu_seconds, drive, echo_server, free_port, load_average, rss_mb
-from bench.patients import as_hook_request, make_patient
+from bench.load import (
+    ClientKey,
+    cds_server,
+    cpu_seconds,
+    drive,
+    echo_server,
+    free_port,
+    load_average,
+    rss_mb,
+)
+from bench.patients import NOW, as_hook_request, make_patient
 from bench.pgdatabase import fresh_postgres
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -52,12 +60,14 @@ def summarise(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def population(workdir: Path, size: int, count: int) -> Path:
-    """`count` distinct generated patients as hook requests, one JSON body a line (bench.loadgen cycles them)."""
-    path = workdir / f"hooks-{size}x{count}.jsonl"
+def population(workdir: Path, size: int, count: int, now: datetime = NOW) -> Path:
+    """`count` distinct generated patients as hook requests, one JSON body a line (bench.loadgen cycles
+    them), dated before `now` (the evaluation day of `cds serve --dev`, or today for a JWT run)."""
+    path = workdir / f"hooks-{size}x{count}-{now:%Y%m%d}.jsonl"
     with path.open("wb") as out:
         for seed in range(count):
-            body = as_hook_request(make_patient(size, seed=seed), hook_instance=str(uuid.UUID(int=seed)))
+            patient = make_patient(size, seed=seed, now=now)
+            body = as_hook_request(patient, hook_instance=str(uuid.UUID(int=seed)))
             out.write(orjson.dumps(body) + b"\n")
     return path
 
@@ -72,11 +82,15 @@ def database(kind: str, workdir: Path, label: str) -> Iterator[str | None]:
         yield url
 
 
-def _measure(server: Any, path: str, bodies: Path, concurrency: int, duration: float) -> dict[str, Any]:
+def _measure(
+    server: Any, path: str, bodies: Path, concurrency: int, duration: float, client: ClientKey | None
+) -> dict[str, Any]:
     pids = server.worker_pids()
     load_before = load_average()
     cpu_before = cpu_seconds(pids)
-    result = drive(server.base_url + path, bodies, concurrency=concurrency, duration_s=duration)
+    result = drive(
+        server.base_url + path, bodies, concurrency=concurrency, duration_s=duration, client=client
+    )
     result["cpu_ms_per_request"] = (cpu_seconds(pids) - cpu_before) * 1000 / max(1, result["requests"])
     result["load_average"] = (load_before + load_average()) / 2
     return result
@@ -91,14 +105,24 @@ def bench_http(
     workers_list: tuple[int, ...] = (1, 2),
     concurrencies: tuple[int, ...] = (1, 8, 32),
     databases: tuple[str, ...] = ("sqlite", "postgresql"),
+    auths: tuple[str, ...] = ("off", "jwt"),
     size: int = 50,
 ) -> list[dict[str, Any]]:
-    """Hook and bare echo, the same `patients` distinct bodies cycled, in one run; server CPU per request."""
+    """Hook and bare echo, the same `patients` distinct bodies cycled, in one run; server CPU per request.
+
+    JWT on runs the real service (not --dev) on the machine clock, so its population is dated before
+    today instead of before --dev's evaluation day: the same patients, the same work."""
     bodies = population(workdir, size, patients)
     rows = []
-    targets: list[tuple[str, str | None]] = [("echo", None)] + [("cramp-assessment", d) for d in databases]
+    targets: list[tuple[str, str | None, str]] = [("echo", None, "off")] + [
+        ("cramp-assessment", d, a) for a in auths for d in databases
+    ]
+    client = ClientKey.create(workdir) if "jwt" in auths else None
+    dated_today = population(workdir, size, patients, now=datetime.now(UTC)) if client else bodies
     for workers in workers_list:
-        for target, kind in targets:
+        for target, kind, auth in targets:
+            signer = client if auth == "jwt" else None
+            sent = dated_today if signer else bodies
             with contextlib.ExitStack() as stack:
                 port = free_port()
                 if target == "echo":
@@ -106,21 +130,24 @@ def bench_http(
                     path = "/echo"
                 else:
                     assert kind is not None
-                    url = stack.enter_context(database(kind, workdir, f"bench-{workers}-{kind}"))
+                    url = stack.enter_context(database(kind, workdir, f"bench-{workers}-{kind}-{auth}"))
                     if url is None:
                         print(f"  {kind}: no server on 127.0.0.1:5432, skipped", flush=True)
                         continue
-                    running = stack.enter_context(cds_server(port, workers, url))
+                    running = stack.enter_context(cds_server(port, workers, url, signer))
                     path = "/cds-services/cramp-assessment"
                 drive(
-                    running.base_url + path, bodies, concurrency=8, duration_s=min(3.0, duration)
+                    running.base_url + path, sent, concurrency=8, duration_s=min(3.0, duration), client=signer
                 )  # warm-up
                 for concurrency in concurrencies:
-                    runs = [_measure(running, path, bodies, concurrency, duration) for _ in range(repeats)]
+                    runs = [
+                        _measure(running, path, sent, concurrency, duration, signer) for _ in range(repeats)
+                    ]
                     rows.append(
                         {
                             "target": target,
                             "database": kind,
+                            "auth": auth,
                             "workers": workers,
                             "prefetch_resources": size,
                             "patients": patients,
@@ -138,7 +165,7 @@ def bench_http(
                         }
                     )
                     print(
-                        f"  {target} {kind or ''} w={workers} c={concurrency}: {rows[-1]['rps']['median']:.0f} req/s "
+                        f"  {target} {kind or ''} {auth} w={workers} c={concurrency}: {rows[-1]['rps']['median']:.0f} req/s "
                         f"{rows[-1]['cpu_ms_per_request']['median']:.2f} CPU ms/req p99 {rows[-1]['p99_ms']['median']:.1f} ms",
                         flush=True,
                     )
@@ -183,23 +210,20 @@ def machine() -> dict[str, Any]:
         platform.processor(),
     )
     versions = {}
-    for package in ("fastapi", "uvicorn", "pydantic", "fhir.resources", "durable-rules", "orjson"):
+    for package in ("fastapi", "uvicorn", "pydantic", "fhir.resources", "durable-rules", "orjson", "pyjwt"):
         try:
             from importlib.metadata import version
 
             versions[package] = version(package)
         except Exception:
             versions[package] = "?"
-    hey = subprocess.run(
-        ["dpkg-query", "-W", "-f=${Version}", "hey"], capture_output=True, text=True, check=False
-    ).stdout
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "packages": versions,
-        "hey": hey or "?",
+        "load_tool": "bench.loadgen (asyncio HTTP/1.1, its own process)",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
@@ -230,6 +254,7 @@ def main() -> None:
             workers_list=tuple(int(w) for w in os.environ.get("BENCH_WORKERS", "1,2").split(",")),
             concurrencies=tuple(int(c) for c in os.environ.get("BENCH_CONCURRENCY", "1,8,32").split(",")),
             databases=tuple(os.environ.get("BENCH_DATABASES", "sqlite,postgresql").split(",")),
+            auths=tuple(os.environ.get("BENCH_AUTH", "off,jwt").split(",")),
         )
         print("server memory ...", flush=True)
         report["server_memory"] = bench_server_memory(calls=calls, workdir=workdir)

@@ -70,7 +70,8 @@ def test_inprocess_memory_smoke() -> None:
 
 
 def test_whole_bench_smoke_writes_the_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The full `make bench` path with tiny durations: servers start, hey runs, the report is written."""
+    """The full `make bench` path with tiny durations: servers start (JWT off and on), bench.loadgen
+    drives them, the report is written."""
     for name, value in {
         "BENCH_DURATION": "0.5",
         "BENCH_REPEATS": "1",
@@ -88,6 +89,8 @@ def test_whole_bench_smoke_writes_the_report(tmp_path: Path, monkeypatch: pytest
     bench_run.main()
     report = json.loads((tmp_path / "latest.json").read_text())
     assert {r["target"] for r in report["http"]} == {"cramp-assessment", "echo"}
+    # JWT on (the default BENCH_AUTH runs both): every signed request was accepted, none was a 401.
+    assert {r["auth"] for r in report["http"] if r["target"] != "echo"} == {"off", "jwt"}
     assert all(r["non_200"] == 0 and r["requests"] > 0 for r in report["http"])
     assert all(r["patients"] == 20 and r["cpu_ms_per_request"]["median"] > 0 for r in report["http"])
     assert report["startup_s"]["median"] > 0
