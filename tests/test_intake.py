@@ -5,12 +5,16 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cds.errors import FhirValidationError, JsonError, PatientError, PrefetchMissingError, ShapeError
 from cds.evaluation import Evaluator
 from cds.intake import (
     PREFETCH_KEYS,
+    _check_keys_and_depth,
     bundle_entries,
     document_entries,
     is_hook_request,
@@ -346,3 +350,46 @@ def test_hook_request_record_is_the_context_patient(evaluator: Evaluator) -> Non
     result = evaluator.evaluate_document(hook_request(), now=FROZEN_NOW)
     assert result.record.patient_key == "Patient/hook-patient"
     assert result.record.age == 58
+
+
+# --- the fast duplicate-key and nesting checks of load_json agree with the exact pass -------------------
+
+_keys = st.sampled_from(["a", "b", "\\u0061", "\\ud83d\\ude00", "\U0001f600", "k[", "}"])
+_scalars = st.sampled_from(
+    ["1", "2.5e-7", "null", "true", '"x"', '"line\\nbreak [ {"', '"\\"q\\""', "[]", "{}"]
+)
+
+
+@st.composite
+def _json_texts(draw: st.DrawFn, depth: int = 0) -> str:
+    """JSON text (not parsed: keys may repeat, and may be spelt with escapes) nested up to ~12 deep."""
+    if depth > 11 or draw(st.integers(0, 4)) == 0:
+        return draw(_scalars)
+    members = draw(st.lists(_json_texts(depth + 1), max_size=3))
+    if draw(st.booleans()):
+        return "[" + " , ".join(members) + "]"
+    keys = draw(st.lists(_keys, min_size=len(members), max_size=len(members)))
+    return "{" + ",".join(f'"{k}" :{m}' for k, m in zip(keys, members, strict=True)) + "}"
+
+
+@settings(max_examples=400, deadline=None)
+@given(_json_texts(), st.integers(1, 10))
+def test_load_json_refuses_exactly_what_the_exact_pass_refuses(text: str, limit: int) -> None:
+    """jiter's duplicate check and the indented-text nesting check are shortcuts: whatever they let
+    through, the exact stdlib pass (`_check_keys_and_depth`) must let through too, and the other way."""
+    raw = text.encode()
+    try:
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return  # not JSON at all (e.g. a lone surrogate escape): both refuse it before these checks
+    try:
+        _check_keys_and_depth(raw, document, limit)
+        exact: str | None = None
+    except JsonError as exc:
+        exact = str(exc)
+    try:
+        assert load_json(raw, max_depth=limit) == document
+        fast: str | None = None
+    except JsonError as exc:
+        fast = str(exc)
+    assert fast == exact
