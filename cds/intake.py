@@ -21,7 +21,7 @@ from fhir.resources.R4B.medicationstatement import MedicationStatement
 from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient
 from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from cds.errors import FhirValidationError, JsonError, ShapeError
 from cds.limits import MAX_JSON_DEPTH
@@ -416,6 +416,66 @@ def resource_label(resource: Mapping[str, Any], where: str) -> str:
     return f"{kind}/{rid}" if isinstance(rid, str) and rid else f"{kind} at {where}"
 
 
+class ValidatedElements:
+    """Complex elements that fhir.resources validated in an earlier resource, by their exact JSON.
+
+    The codes of a lab, a condition or a medication recur across patients, and the subject Reference
+    recurs in every resource of a request; validating each again costs 7-15 µs per element model
+    (fhir_core's validators run in Python). A resource's top-level object-valued members are looked up
+    by (resource type, member, JSON text with sorted keys): a member seen before is given to
+    `model_validate` as the model that validation made of it then, which pydantic keeps as it is; the
+    rest are validated with the resource as always, and remembered only once the whole resource has
+    validated. So every element read is validated by fhir.resources models (the first time its exact
+    JSON is seen in the process, in the same resource type and member), and every error is the error
+    of a whole-resource validation, as before.
+
+    CAUTION: the models are shared between requests, so nothing may change a validated model (nothing
+    in cds/ does; tests/test_intake.py checks the remembered ones are unchanged after evaluations).
+    At most `capacity` elements are kept; when full, the memory is emptied and refilled.
+    """
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self.capacity = capacity
+        self._known: dict[tuple[str, str, bytes], Any] = {}
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+    def substitute(
+        self, kind: str, projected: dict[str, Any]
+    ) -> tuple[dict[str, Any], list[tuple[str, tuple[str, str, bytes]]]]:
+        """`projected` with the members validated before replaced by their models, and the keys of the
+        members to remember once this resource validates."""
+        given = projected
+        unseen: list[tuple[str, tuple[str, str, bytes]]] = []
+        for name, value in projected.items():
+            if value.__class__ is not dict:
+                continue
+            try:
+                key = (kind, name, orjson.dumps(value, option=orjson.OPT_SORT_KEYS))
+            except (TypeError, orjson.JSONEncodeError):
+                continue
+            known = self._known.get(key)
+            if known is None:
+                unseen.append((name, key))
+                continue
+            if given is projected:
+                given = dict(projected)
+            given[name] = known
+        return given, unseen
+
+    def learn(self, model: Any, unseen: list[tuple[str, tuple[str, str, bytes]]]) -> None:
+        for name, key in unseen:
+            element = model.__dict__.get(name)
+            if isinstance(element, BaseModel):
+                if len(self._known) >= self.capacity:
+                    self._known.clear()
+                self._known[key] = element
+
+
+VALIDATED = ValidatedElements()
+
+
 def validate_entries(
     entries: Iterable[tuple[str, Mapping[str, Any], str]],
     *,
@@ -441,8 +501,9 @@ def validate_entries(
             continue
         label = resource_label(resource, where)
         projected = project(resource, kind)
+        given, unseen = VALIDATED.substitute(kind, projected)
         try:
-            model = model_type.model_validate(projected)
+            model = model_type.model_validate(given)
         except ValidationError as exc:
             raise _fhir_error(exc, label) from None
         except (ValueError, TypeError) as exc:
@@ -456,6 +517,7 @@ def validate_entries(
                 f"holds a nested resource of unknown type or a member that cannot be read ({exc})",
                 resource=label,
             ) from None
+        VALIDATED.learn(model, unseen)
         key = label if "/" in label else f"{kind}/#{where}"
         submission.resources.append(
             Resource(

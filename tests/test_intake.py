@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Any
 
@@ -9,21 +10,33 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
-from cds.errors import FhirValidationError, JsonError, PatientError, PrefetchMissingError, ShapeError
+from cds.errors import (
+    CdsError,
+    FhirValidationError,
+    JsonError,
+    PatientError,
+    PrefetchMissingError,
+    ShapeError,
+)
 from cds.evaluation import Evaluator
 from cds.intake import (
+    MODELS,
     PREFETCH_KEYS,
+    VALIDATED,
+    ValidatedElements,
     _check_keys_and_depth,
     bundle_entries,
     document_entries,
     is_hook_request,
     load_json,
     prefetch_entries,
+    project,
     read_hook_request,
     validate_entries,
 )
-from tests.conftest import FROZEN_NOW, load_fixture
+from tests.conftest import FIXTURES, FROZEN_NOW, load_fixture
 
 # Part of the compatibility subset that .ci/run runs on every supported Python.
 pytestmark = pytest.mark.compat
@@ -393,3 +406,85 @@ def test_load_json_refuses_exactly_what_the_exact_pass_refuses(text: str, limit:
     except JsonError as exc:
         fast = str(exc)
     assert fast == exact
+
+
+# --- validated elements remembered between resources (cds.intake.ValidatedElements) ------------------
+
+
+def test_a_remembered_element_gives_the_same_model_and_the_same_errors() -> None:
+    memory = ValidatedElements()
+    first, unseen = memory.substitute("Observation", project(tsh("o1"), "Observation"))
+    model = MODELS["Observation"].model_validate(first)
+    memory.learn(model, unseen)
+    assert {key[1] for key in memory._known} == {"code", "subject", "valueQuantity"}
+    # Keys compare the JSON, not its spelling: the same code with its keys in another order is a hit.
+    again = tsh("o2")
+    again["code"] = {"coding": [{"code": "3016-3", "system": "http://loinc.org"}]}
+    given, unseen = memory.substitute("Observation", project(again, "Observation"))
+    assert given["code"] is model.code
+    assert given["subject"] is model.subject
+    assert unseen == []
+    assert MODELS["Observation"].model_validate(given) == MODELS["Observation"].model_validate(
+        project(again, "Observation")
+    )
+    # A remembered member does not hide an error elsewhere, nor change its text.
+    broken = {**tsh("o3"), "issued": "yesterday"}
+    given, _ = memory.substitute("Observation", project(broken, "Observation"))
+    with pytest.raises(ValidationError) as remembered:
+        MODELS["Observation"].model_validate(given)
+    with pytest.raises(ValidationError) as fresh:
+        MODELS["Observation"].model_validate(project(broken, "Observation"))
+    assert remembered.value.errors(include_context=False) == fresh.value.errors(include_context=False)
+
+
+def test_an_element_is_remembered_only_from_a_resource_that_validated() -> None:
+    memory = ValidatedElements()
+    broken = {**tsh("o1"), "issued": "yesterday"}
+    given, unseen = memory.substitute("Observation", project(broken, "Observation"))
+    with pytest.raises(ValidationError):
+        MODELS["Observation"].model_validate(given)
+    assert len(memory) == 0
+    assert len(unseen) == 3
+    # Another resource type, or another member, is another key: Condition.code is not Observation.code.
+    memory.learn(MODELS["Observation"].model_validate(project(tsh("o2"), "Observation")), unseen)
+    condition = {
+        "resourceType": "Condition",
+        "id": "c1",
+        "subject": {"reference": "Patient/p1"},
+        "code": tsh()["code"],
+    }
+    _, unseen = memory.substitute("Condition", project(condition, "Condition"))
+    assert {name for name, _ in unseen} == {"code", "subject"}
+
+
+def test_the_memory_is_bounded() -> None:
+    memory = ValidatedElements(capacity=3)
+    for index in range(10):
+        observation = tsh(f"o{index}", value=float(index), subject=f"Patient/p{index}")
+        given, unseen = memory.substitute("Observation", project(observation, "Observation"))
+        memory.learn(MODELS["Observation"].model_validate(given), unseen)
+        assert len(memory) <= 3
+
+
+def test_evaluations_never_change_a_remembered_model(evaluator: Evaluator) -> None:
+    """The remembered models are shared by every later request: evaluating every fixture twice leaves
+    each of them as it was when it was remembered."""
+    documents = [
+        load_fixture(name)
+        for name in sorted(p.name for p in FIXTURES.glob("*.json"))
+        if name != "manifest.json"
+    ]
+    documents = [
+        d for d in documents if isinstance(d, dict) and (d.get("resourceType") == "Bundle" or "hook" in d)
+    ]
+    for document in documents:
+        with contextlib.suppress(CdsError):
+            evaluator.evaluate_document(document, now=FROZEN_NOW)
+    assert len(VALIDATED) > 0
+    before = {key: model.model_dump_json() for key, model in VALIDATED._known.items()}
+    for document in documents:
+        with contextlib.suppress(CdsError):
+            evaluator.evaluate_document(document, now=FROZEN_NOW)
+    after = {key: VALIDATED._known[key].model_dump_json() for key in before if key in VALIDATED._known}
+    assert after == {key: before[key] for key in after}
+    assert len(after) == len(before)
