@@ -147,6 +147,7 @@ class RuleEngine:
             for indexes in self._rule_patterns.values()
             for index in indexes
         }
+        self._pattern_counts = {rule_id: len(indexes) for rule_id, indexes in self._rule_patterns.items()}
         self._needs_matching = frozenset(
             r.id for r in rules if len({str(p["$and"][0]["type"]) for p in r.patterns}) < len(r.patterns)
         )
@@ -280,40 +281,50 @@ class RuleEngine:
         when its patterns can each be matched by a different fact, given or derived (as durable
         does: one fact never fills two patterns of a rule; patterns never join on values).
 
-        A worklist: every rule is tried once, and again only when a derived fact gives one of its
-        patterns a new candidate. A rule whose patterns name different fact types needs no matching
-        (no fact has two types); the others go through `_distinct`.
+        Counting, so that the cost follows the patterns the facts match, not the size of the pack: a
+        rule is tried once every one of its patterns has a candidate, and again only when a derived
+        fact gives one of its patterns another. A rule whose patterns name different fact types needs
+        no matching (no fact has two types); the others go through `_distinct`.
         """
         cap = self._max_patterns  # enough candidates per pattern to find distinct ones (Hall)
         pool: dict[int, list[str]] = {}
-        waiting: list[CompiledRule] = list(reversed(self._rules))
+        empty = self._pattern_counts.copy()  # rule id -> its patterns still without a candidate
+        ready: list[CompiledRule] = []
+        fired: set[str] = set()
 
-        def add(fact_id: str, matched: frozenset[int], *, wake: bool) -> None:
+        def add(fact_id: str, matched: frozenset[int]) -> None:
             for index in matched:
-                ids = pool.setdefault(index, [])
-                if len(ids) < cap:
+                ids = pool.get(index)
+                if ids is None:
+                    pool[index] = [fact_id]
+                    for rule in self._rules_by_pattern[index]:
+                        empty[rule.id] -= 1
+                        if not empty[rule.id]:
+                            ready.append(rule)
+                elif len(ids) < cap:
                     ids.append(fact_id)
-                    if wake:
-                        waiting.extend(self._rules_by_pattern[index])
+                    ready.extend(
+                        r
+                        for r in self._rules_by_pattern[index]
+                        if not empty[r.id] and r.id in self._needs_matching and r.id not in fired
+                    )
 
         for fact in facts:
-            add(str(fact["id"]), self._matched(fact), wake=False)
-        fired: set[str] = set()
+            add(str(fact["id"]), self._matched(fact))
         produced: set[tuple[str, str]] = set()
-        while waiting:
-            rule = waiting.pop()
+        while ready:
+            rule = ready.pop()
             if rule.id in fired:
                 continue
-            indexes = self._rule_patterns[rule.id]
-            if not all(i in pool for i in indexes):
-                continue
-            if rule.id in self._needs_matching and not _distinct(pool[i] for i in indexes):
+            if rule.id in self._needs_matching and not _distinct(
+                pool[i] for i in self._rule_patterns[rule.id]
+            ):
                 continue
             fired.add(rule.id)
             key, matched = self._derived_matches[rule.id]
             if key not in produced and matched is not None:
                 produced.add(key)
-                add(f"derived:{key[0]}:{key[1]}", matched, wake=True)
+                add(f"derived:{key[0]}:{key[1]}", matched)
         return fired
 
     def _check_firings(self, read: Sequence[Fact], run: _Run) -> None:

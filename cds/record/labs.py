@@ -65,9 +65,11 @@ def latest_observations(
         ):
             continue
         analyte = next((codes[p] for p in raw_codings(resource.get("code")) if p in codes), None)
+        if analyte is None:
+            continue
         raw = _raw_time(resource)
         when = parse_fhir_datetime(raw) if isinstance(raw, str) else None
-        if analyte is None or when is None or is_after(raw, now):
+        if when is None or is_after(raw, now):
             continue
         subject = resource.get("subject")
         reference = subject.get("reference") if isinstance(subject, dict) else None
