@@ -610,30 +610,43 @@ class Store:
 
     def remember_jti(self, *, iss: str, jti: str, expires_at: datetime, now: datetime) -> bool:
         """Record a JWT id; False when (iss, jti) was already seen and has not yet expired (a replay)."""
-        _require_aware("expires_at", expires_at)
+        return self.remember_jtis([(iss, jti, expires_at)], now=now)[0]
+
+    def remember_jtis(self, ids: Sequence[tuple[str, str, datetime]], *, now: datetime) -> list[bool]:
+        """Record several JWT ids (iss, jti, expires_at) in one transaction (a group commit, see
+        cds.jtiwriter); per id, in order, False when it was already seen and has not yet expired (a
+        replay), an id given twice here included: its second use is the replay.
+
+        Every value is checked first (UnstorableValueError, nothing written).
+        """
         _require_aware("now", now)
-        _require_storable("iss", iss, JTI_LIMITS["iss"])
-        _require_storable("jti", jti, JTI_LIMITS["jti"])
+        for iss, jti, expires_at in ids:
+            _require_aware("expires_at", expires_at)
+            _require_storable("iss", iss, JTI_LIMITS["iss"])
+            _require_storable("jti", jti, JTI_LIMITS["jti"])
         table = SeenJtiRow
-        values = {"iss": iss, "jti": jti, "expires_at": expires_at}
-        # Insert, or take over an expired row; a live row makes the upsert a no-op (rowcount 0).
+        # Insert, or take over an expired row; a live row makes the upsert a no-op (no row returned).
         stmt: Any
         if self._backend == "postgresql":
-            ins = pg_dialect.insert(table).values(values)
+            ins = pg_dialect.insert(table)
             stmt = ins.on_conflict_do_update(
                 index_elements=["iss", "jti"],
                 set_={"expires_at": ins.excluded.expires_at},
                 where=SeenJtiRow.expires_at <= now,
             )
         else:
-            sins = sqlite_dialect.insert(table).values(values)
+            sins = sqlite_dialect.insert(table)
             stmt = sins.on_conflict_do_update(
                 index_elements=["iss", "jti"],
                 set_={"expires_at": sins.excluded.expires_at},
                 where=SeenJtiRow.expires_at <= now,
             )
+        stmt = stmt.returning(SeenJtiRow.jti)
+        fresh: list[bool] = []
         with self._transaction() as conn:
-            fresh = len(conn.execute(stmt.returning(SeenJtiRow.jti)).all()) == 1
+            for iss, jti, expires_at in ids:
+                values = {"iss": iss, "jti": jti, "expires_at": expires_at}
+                fresh.append(len(conn.execute(stmt, values).all()) == 1)
             if self._prune_due(now):
                 conn.execute(delete(SeenJtiRow).where(SeenJtiRow.expires_at <= now))
         return fresh

@@ -28,6 +28,7 @@ from cds.api.deps import Runtime, WriteGate
 from cds.api.middleware import BodyLimit, CatchAll, RequestLog
 from cds.api.models import request_schemas
 from cds.evaluation import Evaluator
+from cds.jtiwriter import JtiWriter
 from cds.logs import error_fields, log_event
 from cds.metrics import Metrics
 from cds.rulepack import load_rule_pack
@@ -91,6 +92,7 @@ def build_verifier(
     clock: Callable[[], datetime],
     gate: WriteGate,
     jti_cache: JtiCache | None = None,
+    jti_writer: JtiWriter | None = None,
 ) -> TokenVerifier:
     """The JWT verifier for the trusted-issuers file; jti replay is checked in the store, so across workers.
 
@@ -100,6 +102,7 @@ def build_verifier(
     if settings.trusted_issuers is None:
         raise ValueError("CDS_TRUSTED_ISSUERS must name the trusted-issuers file outside --dev")
     cache = jti_cache if jti_cache is not None else JtiCache()
+    writer = jti_writer if jti_writer is not None else JtiWriter(store, gate)
 
     def replay_guard(iss: str, jti: str, expires_at: datetime) -> bool:
         # An id the store could not keep would fail every flush of the outage cache: refuse the token.
@@ -109,8 +112,7 @@ def build_verifier(
         if cache.seen(iss, jti, now):
             return False
         try:
-            with gate():
-                fresh = store.remember_jti(iss=iss, jti=jti, expires_at=expires_at, now=now)
+            fresh = writer.remember(iss, jti, expires_at, now)  # one commit for the concurrent calls
         except StoreUnavailableError:
             try:
                 return cache.remember(iss, jti, expires_at, now)
@@ -151,10 +153,12 @@ def create_app(
     store = store or Store(settings.database_url)
     gate = WriteGate.for_store(store)
     jti_cache = JtiCache()
+    jti_writer: JtiWriter | None = None
     if settings.dev:
         verifier = None
     elif verifier is None:
-        verifier = build_verifier(settings, store, clock, gate, jti_cache)
+        jti_writer = JtiWriter(store, gate)
+        verifier = build_verifier(settings, store, clock, gate, jti_cache, jti_writer)
     runtime = Runtime(
         settings=settings,
         evaluator=evaluator,
@@ -199,6 +203,8 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
             await run_in_threadpool(runtime.card_writer.close)  # the calls still waiting are written
+            if jti_writer is not None:
+                await run_in_threadpool(jti_writer.close)
             await _flush_once(runtime)
             if len(runtime.cards):
                 log_event(logger, "store.backlog.lost", level=logging.ERROR, batches=len(runtime.cards))
