@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from datetime import UTC, datetime
@@ -15,6 +14,7 @@ from sqlalchemy import select
 
 from cds.cardwriter import CardWriter
 from cds.store import CardBacklog, IssuedCard, IssuedCardRow, PendingCards, Store, StoreUnavailableError
+from tests.support.gate import WriteGate
 
 T0 = datetime(2026, 6, 1, 9, 30, tzinfo=UTC)
 _n = itertools.count()
@@ -31,16 +31,11 @@ class GatedStore(Store):
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
-        self.gate = threading.Event()
-        self.gate.set()
-        self.entered = threading.Event()
-        self.fail_with: Exception | None = None
+        self.writes = WriteGate()
+        self.gate, self.entered = self.writes.gate, self.writes.entered
 
     def record_card_batches(self, batches: Sequence[PendingCards]) -> int:
-        self.entered.set()
-        self.gate.wait(30)
-        if self.fail_with is not None:
-            raise self.fail_with
+        self.writes.pass_through()
         return super().record_card_batches(batches)
 
 
@@ -118,7 +113,7 @@ def test_an_unexpected_error_fails_its_calls_and_the_writer_goes_on(store: Gated
 def test_an_outage_queues_the_calls_and_a_full_queue_fails_only_the_overflow(store: GatedStore) -> None:
     backlog = CardBacklog(store, capacity=3)
     writer = CardWriter(backlog)
-    store.fail_with = StoreUnavailableError("down")
+    store.writes.fail_with = StoreUnavailableError("down")
     store.gate.clear()
     futures: list[Future[bool]] = [writer.submit(pending())]
     assert store.entered.wait(10)
@@ -131,7 +126,7 @@ def test_an_outage_queues_the_calls_and_a_full_queue_fails_only_the_overflow(sto
         except StoreUnavailableError:
             outcomes.append("503")
     assert outcomes == [True, True, True, "503", "503"]
-    store.fail_with = None
+    store.writes.fail_with = None
     assert backlog.flush() == 3
     writer.close()
     assert len(stored(store)) == 3

@@ -4,7 +4,6 @@ counts, never times."""
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -15,6 +14,7 @@ from sqlalchemy import func, select
 
 from cds.jtiwriter import JtiWriter
 from cds.store import SeenJtiRow, Store, StoreUnavailableError
+from tests.support.gate import WriteGate
 
 NOW = datetime(2026, 6, 1, 9, 30, tzinfo=UTC)
 LATER = NOW + timedelta(minutes=5)
@@ -26,17 +26,12 @@ class GatedStore(Store):
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
-        self.gate = threading.Event()
-        self.gate.set()
-        self.entered = threading.Event()
-        self.fail_with: Exception | None = None
+        self.writes = WriteGate()
+        self.gate, self.entered = self.writes.gate, self.writes.entered
         self.batches: list[int] = []
 
     def remember_jtis(self, ids: Sequence[tuple[str, str, datetime]], *, now: datetime) -> list[bool]:
-        self.entered.set()
-        self.gate.wait(30)
-        if self.fail_with is not None:
-            raise self.fail_with
+        self.writes.pass_through()
         self.batches.append(len(ids))
         return super().remember_jtis(ids, now=now)
 
@@ -95,7 +90,7 @@ def test_threads_verifying_at_once_each_get_their_own_answer(store: GatedStore) 
 
 def test_an_outage_fails_every_waiting_call_with_store_unavailable(store: GatedStore) -> None:
     writer = JtiWriter(store, contextlib.nullcontext)
-    store.fail_with = StoreUnavailableError("down")
+    store.writes.fail_with = StoreUnavailableError("down")
     store.gate.clear()
     futures = [writer.submit((ISS, "a", LATER, NOW))]
     assert store.entered.wait(10)
@@ -104,7 +99,7 @@ def test_an_outage_fails_every_waiting_call_with_store_unavailable(store: GatedS
     for future in futures:
         with pytest.raises(StoreUnavailableError):
             future.result(10)
-    store.fail_with = None
+    store.writes.fail_with = None
     assert writer.remember(ISS, "a", LATER, NOW) is True  # the writer goes on once the store is back
     writer.close()
     with pytest.raises(StoreUnavailableError):
