@@ -466,6 +466,18 @@ def test_the_memory_is_bounded() -> None:
         assert len(memory) <= 3
 
 
+def test_a_large_member_is_validated_every_time_and_never_kept() -> None:
+    """A client sending large distinct members cannot grow the memory: only small ones are kept."""
+    memory = ValidatedElements(max_bytes=512)
+    observation = tsh("o1")
+    observation["code"] = {"coding": [TSH], "text": "x" * 600}
+    given, unseen = memory.substitute("Observation", project(observation, "Observation"))
+    assert given["code"] == observation["code"]
+    memory.learn(MODELS["Observation"].model_validate(given), unseen)
+    assert {key[1] for key in memory._known} == {"subject", "valueQuantity"}
+    assert all(len(key[2]) <= 512 for key in memory._known)
+
+
 def test_evaluations_never_change_a_remembered_model(evaluator: Evaluator) -> None:
     """The remembered models are shared by every later request: evaluating every fixture twice leaves
     each of them as it was when it was remembered."""
