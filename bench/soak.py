@@ -179,16 +179,18 @@ def extra_conditions(request: dict[str, Any], count: int, text: str = "not read"
         }
         for i in range(count)
     ]
-    conditions = request["prefetch"].get("conditions")
-    if not isinstance(conditions, dict) or conditions.get("resourceType") != "Bundle":
-        kept = [{"resource": conditions}] if isinstance(conditions, dict) else []
-        conditions = request["prefetch"]["conditions"] = {
-            "resourceType": "Bundle",
-            "type": "searchset",
-            "entry": kept,
-        }
-    conditions.setdefault("entry", []).extend(added)
+    searchset_entries(request, "conditions").extend(added)
     return request
+
+
+def searchset_entries(request: dict[str, Any], key: str) -> list[Any]:
+    """The entry list of prefetch `key`, made a searchset Bundle first if it was one resource or absent."""
+    value = request["prefetch"].get(key)
+    if not isinstance(value, dict) or value.get("resourceType") != "Bundle":
+        kept = [{"resource": value}] if isinstance(value, dict) else []
+        value = request["prefetch"][key] = {"resourceType": "Bundle", "type": "searchset", "entry": kept}
+    entries: list[Any] = value.setdefault("entry", [])
+    return entries
 
 
 def extreme_observation(request: dict[str, Any], value: str, when: str) -> bytes:
@@ -210,15 +212,7 @@ def extreme_observation(request: dict[str, Any], value: str, when: str) -> bytes
             "code": "ng/mL",
         },
     }
-    observations = request["prefetch"].get("observations")
-    if not isinstance(observations, dict) or observations.get("resourceType") != "Bundle":
-        kept = [{"resource": observations}] if isinstance(observations, dict) else []
-        observations = request["prefetch"]["observations"] = {
-            "resourceType": "Bundle",
-            "type": "searchset",
-            "entry": kept,
-        }
-    observations.setdefault("entry", []).append({"resource": observation})
+    searchset_entries(request, "observations").append({"resource": observation})
     return json.dumps(request).replace(f'"{marker}"', value).encode()
 
 

@@ -108,7 +108,6 @@ class RuleEngine:
         self._lock = threading.Lock()
         self._live: dict[int, str] = {}
         self._sids = itertools.count(1)
-        self._run: _Run | None = None
         # Actions are run by `_assert_batch`, never by durable's Python host: it is given no-op callables.
         self._actions: dict[str, Callable[[Any, _Run], None]] = {SENTINEL_RULE: _no_action}
         definition: dict[str, Any] = {
@@ -121,7 +120,6 @@ class RuleEngine:
                 "run": _unused_action,
             }
         self.definition = definition
-        self._rules = tuple(rules)
         # Every pattern of every rule gets a number; a rule is its patterns' numbers.
         self._patterns_by_type: dict[str, list[tuple[int, dict[str, Any]]]] = {}
         self._fields_by_type: dict[str, tuple[str, ...]] = {}
@@ -153,12 +151,11 @@ class RuleEngine:
         )
         self._derived_matches: dict[str, tuple[tuple[str, str], frozenset[int] | None]] = {}
         for rule in rules:
-            produces = rule.produces
-            key = (str(produces["type"]), str(produces.get("name") or produces.get("rule")))
-            terminal = produces["type"] == "cause"
+            key = _derived_key(rule.produces)
+            terminal = rule.produces["type"] == "cause"
             self._derived_matches[rule.id] = (
                 key,
-                None if terminal else self._matched({**produces, "id": "d", "label": key[1]}),
+                None if terminal else self._matched({**rule.produces, "id": "d", "label": key[1]}),
             )
         self._host = _QuietHost()
         # Registration deletes each rule's `run`: give it a copy and keep ours intact.
@@ -179,7 +176,6 @@ class RuleEngine:
         with self._lock:
             sid = self._new_session_id()
             run = _Run(sid=sid)
-            self._run = run
             self._live[session_hash(sid)] = sid
             batch: list[dict[str, Scalar]] = [
                 {"type": "sentinel", "id": "sentinel", "label": "sentinel", "sid": sid}
@@ -199,7 +195,6 @@ class RuleEngine:
                     self._host.delete_state(self._name, sid)
                 finally:
                     del self._live[session_hash(sid)]
-                    self._run = None
             if run.errors:
                 raise EngineError(f"a rule action failed: {run.errors[0]!r}") from run.errors[0]
             self._check_firings(read, run)
@@ -262,7 +257,7 @@ class RuleEngine:
             message = orjson.loads(messages)
             ((rule_id, matched),) = message.items()
             try:
-                self._actions[rule_id](_Match(matched, self, run), run)
+                self._actions[rule_id](_Match(matched, self), run)
             except Exception as exc:
                 durable_rules_engine.abandon_action(self._handle, state_handle)
                 run.errors.append(exc)
@@ -351,7 +346,7 @@ class RuleEngine:
     def _make_action(self, rule: CompiledRule) -> Callable[[Any, _Run], None]:
         names = [f"m{i}" for i in range(len(rule.patterns))]
         produces = rule.produces
-        key = (str(produces["type"]), str(produces.get("name") or produces.get("rule")))
+        key = _derived_key(produces)
         terminal = produces["type"] == "cause"
 
         def action(c: Any, run: _Run) -> None:
@@ -488,6 +483,11 @@ def _fields_of(pattern: Mapping[str, Any]) -> set[str]:
     return names
 
 
+def _derived_key(produces: Mapping[str, Any]) -> tuple[str, str]:
+    """What a rule's derived fact is known by: one fact per (type, name), however many rules derive it."""
+    return str(produces["type"]), str(produces.get("name") or produces.get("rule"))
+
+
 def _no_action(c: Any, run: _Run) -> None:
     return None
 
@@ -501,12 +501,11 @@ class _Match:
     """What an action is given for one firing: the facts that filled the rule's patterns (`m0`, `m1`,
     ... as dicts) and `assert_fact` for the fact it derives."""
 
-    __slots__ = ("_engine", "_matched", "_run")
+    __slots__ = ("_engine", "_matched")
 
-    def __init__(self, matched: Mapping[str, Any], engine: RuleEngine, run: _Run) -> None:
+    def __init__(self, matched: Mapping[str, Any], engine: RuleEngine) -> None:
         self._matched = matched
         self._engine = engine
-        self._run = run
 
     def __getattr__(self, name: str) -> Any:
         try:

@@ -222,8 +222,9 @@ def test_an_exception_in_an_action_is_raised_from_evaluate() -> None:
 
 
 def test_raw_engine_warns_utcfromtimestamp_from_python_3_12() -> None:
-    """Why the adapter filters one warning: durable_rules' `_unix_now` runs for each action and calls
-    datetime.utcfromtimestamp, deprecated since 3.12 (under `-W error` the API answered 500)."""
+    """Why the adapter runs actions itself: durable_rules' own dispatch (`_unix_now`) calls
+    datetime.utcfromtimestamp for each action, deprecated since 3.12 (under `-W error` the API answered
+    500)."""
     result = run_raw(
         """
         import warnings

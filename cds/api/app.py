@@ -88,13 +88,12 @@ class SecurityHeaders:
 
 def build_verifier(
     settings: Settings,
-    store: Store,
     clock: Callable[[], datetime],
-    gate: WriteGate,
+    jti_writer: JtiWriter,
     jti_cache: JtiCache | None = None,
-    jti_writer: JtiWriter | None = None,
 ) -> TokenVerifier:
-    """The JWT verifier for the trusted-issuers file; jti replay is checked in the store, so across workers.
+    """The JWT verifier for the trusted-issuers file; jti replay is checked in the store (through
+    `jti_writer`, which the caller closes), so across workers.
 
     While the store is down, replay is checked in `jti_cache` (this worker only) and the ids are
     written to the store when it returns (cds.api.deps.Runtime.flush_pending).
@@ -102,7 +101,6 @@ def build_verifier(
     if settings.trusted_issuers is None:
         raise ValueError("CDS_TRUSTED_ISSUERS must name the trusted-issuers file outside --dev")
     cache = jti_cache if jti_cache is not None else JtiCache()
-    writer = jti_writer if jti_writer is not None else JtiWriter(store, gate)
 
     def replay_guard(iss: str, jti: str, expires_at: datetime) -> bool:
         # An id the store could not keep would fail every flush of the outage cache: refuse the token.
@@ -112,7 +110,7 @@ def build_verifier(
         if cache.seen(iss, jti, now):
             return False
         try:
-            fresh = writer.remember(iss, jti, expires_at, now)  # one commit for the concurrent calls
+            fresh = jti_writer.remember(iss, jti, expires_at, now)  # one commit for the concurrent calls
         except StoreUnavailableError:
             try:
                 return cache.remember(iss, jti, expires_at, now)
@@ -158,7 +156,7 @@ def create_app(
         verifier = None
     elif verifier is None:
         jti_writer = JtiWriter(store, gate)
-        verifier = build_verifier(settings, store, clock, gate, jti_cache, jti_writer)
+        verifier = build_verifier(settings, clock, jti_writer, jti_cache)
     runtime = Runtime(
         settings=settings,
         evaluator=evaluator,
